@@ -1,0 +1,1 @@
+"""Ray actors: thin shells over the pure code in rewards/ and learner/ (rollout, reward workers, judge, normalizer)."""

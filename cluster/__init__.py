@@ -1,0 +1,1 @@
+"""The driver and everything that touches the cluster: CLI, config, placement, tracking, checkpoints, manifests."""

@@ -1,0 +1,1 @@
+"""Losses and advantages (pure torch), the DeepSpeed learner ranks, weight synchronization, SFT, model building."""

@@ -1,0 +1,39 @@
+"""Shared fixtures: one real local Ray per test session, environment defaults for CPU runs."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray (2 CPUs, no dashboard). Light actors should ask for num_cpus=0 (see DESIGN.md)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def examples():
+    """One real MedVidBench question/answer pair per qa_type (shared/data/medvidbench_examples.json)."""
+    import json
+
+    path = SHARED / "data" / "medvidbench_examples.json"
+    if not path.exists():  # CI clones with shared/ beside the repo; fall back to the copy in tests/
+        path = REPO / "tests" / "fixtures" / "medvidbench_examples.json"
+    return json.loads(path.read_text())
