@@ -215,12 +215,19 @@ class TrainConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
+_YAML_BOOLS = {"False": "off", "True": "on"}
+
+
 def _check_values(obj: Any, prefix: str = "") -> None:
     """Walk the dataclass tree and check every ``choice``/``bounded`` field."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         key = f"{prefix}{f.name}"
         allowed = f.metadata.get("choices")
+        if allowed is not None and isinstance(value, str) and value in _YAML_BOOLS and _YAML_BOOLS[value] in allowed:
+            # YAML 1.1 reads an unquoted `off`/`on` as a boolean; OmegaConf then stores 'False'/'True'.
+            value = _YAML_BOOLS[value]
+            setattr(obj, f.name, value)
         if allowed is not None and value not in allowed:
             raise ConfigError(f"{key}={value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}")
         lo, hi = f.metadata.get("min"), f.metadata.get("max")

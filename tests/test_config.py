@@ -1,0 +1,83 @@
+"""Config: presets load, overrides apply, and bad values fail at start-up naming the key and what is allowed."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from cluster.config import PRESET_DIR, ConfigError, load_config, to_flat_dict, to_yaml
+
+PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def test_all_presets_present():
+    assert {"cpu_demo", "medgrpo_7b", "medloc_r1", "medvqa_drgrpo"} <= set(PRESETS)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_load(preset):
+    cfg = load_config(preset)
+    assert cfg.stages and cfg.learner.clip_high >= cfg.learner.clip_low
+
+
+def test_paper_hyperparameters_in_medgrpo_preset():
+    cfg = load_config("medgrpo_7b")
+    assert cfg.rollout.group_size == 8 and cfg.learner.lr == 5e-7
+    assert (cfg.learner.clip_low, cfg.learner.clip_high, cfg.learner.kl_coef) == (0.2, 0.3, 0.0)
+    assert cfg.stages[0].steps == 5000 and cfg.normalizer.k == 3.0
+
+
+def test_overrides_apply_and_types_convert():
+    cfg = load_config("cpu_demo", ["learner.lr=1e-6", "rollout.group_size=6", "data.tasks=[tal,stg]"])
+    assert cfg.learner.lr == 1e-6 and cfg.rollout.group_size == 6 and cfg.data.tasks == ["tal", "stg"]
+
+
+def test_unquoted_off_is_understood():
+    assert load_config("cpu_demo", ["normalizer.mode=off"]).normalizer.mode == "off"
+
+
+@pytest.mark.parametrize("override, needle", [
+    (["learner.no_such_key=1"], "learner.no_such_key"),
+    (["nonsense=1"], "nonsense"),
+    (["learner.lr=fast"], "learner.lr"),
+    (["rollout.group_size=2.5"], "rollout.group_size"),
+    (["learner.advantage=ppo"], "allowed values: grpo, drgrpo, rloo"),
+    (["learner.loss_agg=mean"], "token-mean, seq-mean-token-mean, seq-sum-max-len"),
+    (["rollout.backend=sglang"], "rollout.backend"),
+    (["learner.zero_stage=4"], "learner.zero_stage"),
+    (["rollout.group_size=1"], "rollout.group_size=1 is out of range"),
+    (["rollout.top_p=1.5"], "rollout.top_p"),
+    (["normalizer.mode=static"], "normalizer.table_file is required"),
+    (["learner.clip_low=0.3", "learner.clip_high=0.2"], "clip_high"),
+    (["stages=[{kind: rl}]"], "stages[0].kind"),
+    (["data.task_weights={tal: -1}"], "data.task_weights.tal"),
+])
+def test_bad_values_name_key_and_allowed(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config("cpu_demo", override)
+    assert needle in str(e.value)
+
+
+def test_unknown_preset_lists_allowed():
+    with pytest.raises(ConfigError, match="cpu_demo"):
+        load_config("no_such_preset")
+
+
+def test_yaml_round_trip_and_flat_params(tmp_path):
+    cfg = load_config("medgrpo_7b")
+    path = tmp_path / "c.yaml"
+    path.write_text(to_yaml(cfg))
+    assert load_config(str(path)) == cfg
+    flat = to_flat_dict(cfg)
+    assert flat["learner.lr"] == 5e-7 and flat["stages.0.steps"] == 5000
+    assert not any("key" in k and "env" not in k for k in flat), "no secret-looking params"
+
+
+def test_cli_config_prints_and_fails_cleanly():
+    ok = subprocess.run([sys.executable, "-m", "cluster.cli", "config", "cpu_demo", "learner.lr=2e-6"],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "lr: 2.0e-06" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "cluster.cli", "config", "cpu_demo", "learner.advantage=x"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "learner.advantage" in bad.stderr and "Traceback" not in bad.stderr
