@@ -1,0 +1,99 @@
+"""Rollout actor: decodes each prompt's video once, generates G samples with the configured backend, and keeps
+its weights in step with the learner (versioned; the version it serves is stamped on every sample)."""
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import ray
+import torch
+
+from actors.rollout_backends import HFBackend, VLLMBackend
+from data.schema import Instance
+from learner.experience import PromptGroup, RolloutFailure
+
+
+class RolloutWorker:
+    """The rollout logic without Ray, so it can be tested and benchmarked directly; ``RolloutActor`` wraps it."""
+
+    def __init__(self, model_path: str, *, backend: str = "hf", dtype: str = "float32", device: str = "cpu",
+                 attn_implementation: str = "sdpa", max_frames: int = 16, max_pixels: int = 48 * 28 * 28,
+                 min_pixels: int = 4 * 28 * 28, video_backend: str = "auto", knowledge: Optional[dict] = None,
+                 vllm_kwargs: Optional[dict] = None) -> None:
+        if backend == "hf":
+            self.engine: Any = HFBackend(model_path, dtype=dtype, device=device,
+                                         attn_implementation=attn_implementation)
+        elif backend == "vllm":
+            self.engine = VLLMBackend(model_path, dtype=dtype, **(vllm_kwargs or {}))
+        else:
+            raise ValueError(f"rollout backend {backend!r}; allowed: hf, vllm")
+        self.processor = self.engine.processor
+        self.video_opts = dict(max_frames=max_frames, max_pixels=max_pixels, min_pixels=min_pixels,
+                               backend=video_backend)
+        self.knowledge = knowledge or {}
+        self.version = 0
+
+    # -- prompts -------------------------------------------------------------------------------------------
+    def encode_prompt(self, inst: Instance) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Decode the instance's media once and build (model inputs, raw media for vLLM)."""
+        from data.prompting import load_media, prompt_inputs
+
+        media = load_media(inst, **self.video_opts)
+        return prompt_inputs(self.processor, inst, media, knowledge=self.knowledge)
+
+    # -- generation ----------------------------------------------------------------------------------------
+    def generate(self, instances: list[Instance], n: int, *, max_new_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0, seed: int = 0) -> list[PromptGroup | RolloutFailure]:
+        out: list[PromptGroup | RolloutFailure] = []
+        for i, inst in enumerate(instances):
+            t0 = time.perf_counter()
+            try:
+                inputs, raw = self.encode_prompt(inst)
+            except Exception as e:  # corrupt video, path outside roots, ...: reported, never a crash mid-run
+                reason = getattr(e, "reason", type(e).__name__)
+                out.append(RolloutFailure(inst.id, f"media:{reason}", str(e)[:300]))
+                continue
+            t1 = time.perf_counter()
+            completions = self.engine.generate(inputs, raw, n, max_new_tokens=max_new_tokens,
+                                               temperature=temperature, top_p=top_p, seed=seed + i)
+            t2 = time.perf_counter()
+            mm = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+            out.append(PromptGroup(
+                instance_id=inst.id, qa_type=inst.qa_type, data_source=inst.data_source,
+                prompt_ids=inputs["input_ids"][0].tolist(), mm_inputs=mm, completions=completions,
+                policy_version=self.version, temperature=temperature,
+                extra={"decode_s": t1 - t0, "generate_s": t2 - t1}))
+        return out
+
+    # -- weights -------------------------------------------------------------------------------------------
+    def apply_weights(self, version: int, named_tensors: dict[str, torch.Tensor],
+                      checksum: Optional[float] = None) -> int:
+        """Load a weight payload; verifies the version moves forward and, when given, the checksum."""
+        if version < self.version:
+            raise ValueError(f"weight version went backwards: have {self.version}, got {version}")
+        self.engine.load_weights(named_tensors.items())
+        if checksum is not None and isinstance(self.engine, HFBackend):
+            got = self.checksum()
+            if abs(got - checksum) > 1e-6 * max(1.0, abs(checksum)):
+                raise RuntimeError(f"weight checksum mismatch after sync to version {version}: {got} != {checksum}")
+        self.version = version
+        return self.version
+
+    def checksum(self) -> float:
+        from learner.weight_sync import weights_checksum
+
+        return weights_checksum(self.engine.model)
+
+    def sleep(self) -> None:
+        self.engine.sleep()
+
+    def wake_up(self) -> None:
+        self.engine.wake_up()
+
+
+@ray.remote
+class RolloutActor(RolloutWorker):
+    """Ray shell over ``RolloutWorker`` (named ``rollout-<i>`` by the driver so the dashboard shows its role)."""
+
+    def ping(self) -> int:
+        return self.version

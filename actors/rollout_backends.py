@@ -1,0 +1,185 @@
+"""Generation backends behind one interface: ``hf`` (transformers generate, CPU or GPU) and ``vllm`` (GPU only).
+
+Both return, per prompt, G ``Completion``s with the behaviour log-prob of every generated token, computed as
+``log_softmax(logits / T)`` (raw logits when T = 0, greedy) — the same definition the learner uses when it
+recomputes log-probs, so the PPO ratio is 1 at step 0 with identical weights.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional, Protocol
+
+import numpy as np
+import torch
+
+from learner.experience import Completion, first_stop
+
+
+class GenerationBackend(Protocol):
+    def generate(self, inputs: dict[str, Any], raw_media: dict[str, Any], n: int, *, max_new_tokens: int,
+                 temperature: float, top_p: float, seed: int) -> list[Completion]: ...
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None: ...
+
+    def sleep(self) -> None: ...
+
+    def wake_up(self) -> None: ...
+
+
+def _stop_ids(tokenizer: Any, generation_config: Any = None) -> set[int]:
+    ids: set[int] = set()
+    for tok in ("<|im_end|>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid != getattr(tokenizer, "unk_token_id", None):
+            ids.add(tid)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+class HFBackend:
+    """transformers ``generate`` with sampling; the model is the one ``learner.model_io`` loads."""
+
+    def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu",
+                 attn_implementation: str = "sdpa") -> None:
+        from learner.model_io import load_model_and_processor
+
+        self.device = device
+        self.model, self.processor = load_model_and_processor(model_path, dtype=dtype, device=device,
+                                                              attn_implementation=attn_implementation)
+        self.model.eval()
+        self.tokenizer = self.processor.tokenizer
+        self.stop_ids = _stop_ids(self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.stop_ids)
+
+    @torch.no_grad()
+    def generate(self, inputs: dict[str, Any], raw_media: dict[str, Any], n: int, *, max_new_tokens: int,
+                 temperature: float, top_p: float, seed: int) -> list[Completion]:
+        from transformers import GenerationConfig
+
+        greedy = temperature <= 0.0
+        # A fresh GenerationConfig: a real checkpoint's generation_config.json (repetition penalty, top_k,
+        # tiny top_p) must not silently change the sampling distribution the log-probs describe.
+        gen_cfg = GenerationConfig(
+            do_sample=not greedy, temperature=None if greedy else temperature, top_p=None if greedy else top_p,
+            top_k=None, repetition_penalty=None, max_new_tokens=max_new_tokens,
+            num_return_sequences=1 if greedy else n, eos_token_id=sorted(self.stop_ids), pad_token_id=self.pad_id,
+            return_dict_in_generate=True, output_logits=True,
+        )
+        model_inputs = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
+        torch.manual_seed(seed)
+        out = self.model.generate(**model_inputs, generation_config=gen_cfg)
+        prompt_len = model_inputs["input_ids"].shape[1]
+        seqs = out.sequences[:, prompt_len:]
+        logits = torch.stack(out.logits, dim=1).float()  # [rows, steps, V], raw (before processors)
+        if not greedy:
+            logits = logits / temperature
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, seqs[:, : logits.shape[1]].unsqueeze(-1)).squeeze(-1)
+        completions = []
+        for row in range(seqs.shape[0]):
+            ids = seqs[row].tolist()
+            stop = first_stop(ids, self.stop_ids)
+            end = stop + 1 if stop is not None else len(ids)
+            ids = ids[:end]
+            completions.append(Completion(
+                response_ids=ids, logprobs=logp[row, :end].tolist(),
+                text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                finish_reason="stop" if stop is not None else "length"))
+        if greedy:  # greedy decoding is deterministic: G identical samples
+            completions = [completions[0]] * n
+        return completions
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        params = dict(self.model.named_parameters())
+        buffers = dict(self.model.named_buffers())
+        missing = []
+        with torch.no_grad():
+            for name, tensor in named_tensors:
+                target = params.get(name, buffers.get(name))
+                if target is None:
+                    missing.append(name)
+                    continue
+                target.copy_(torch.as_tensor(tensor).to(target.dtype))
+        if missing:
+            raise KeyError(f"weights not in the rollout model: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+
+    def sleep(self) -> None:  # nothing to release on CPU
+        pass
+
+    def wake_up(self) -> None:
+        pass
+
+
+class VLLMBackend:
+    """vLLM on GPU: ``n = G`` sampling with per-token log-probs, Qwen2.5-VL image/video inputs, sleep/wake.
+
+    The HF processor on the rollout side still builds the token ids and vision tensors the learner needs; vLLM gets
+    the prompt text and the already-decoded frames (no second decode). Not runnable without a GPU.
+    """
+
+    def __init__(self, model_path: str, dtype: str = "bfloat16", gpu_memory_utilization: float = 0.5,
+                 tensor_parallel_size: int = 1, enable_sleep_mode: bool = False, seed: int = 0,
+                 max_model_len: Optional[int] = None) -> None:
+        try:
+            from vllm import LLM
+        except ImportError as e:  # pragma: no cover - GPU extra
+            raise RuntimeError("rollout.backend=vllm needs the GPU extra: pip install 'medgrpo[gpu]' on a CUDA "
+                               "machine; on CPU use rollout.backend=hf") from e
+        from transformers import AutoProcessor
+
+        self.processor = AutoProcessor.from_pretrained(model_path)
+        self.tokenizer = self.processor.tokenizer
+        self.stop_ids = _stop_ids(self.tokenizer)
+        kwargs: dict[str, Any] = dict(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
+                                      tensor_parallel_size=tensor_parallel_size, enable_sleep_mode=enable_sleep_mode,
+                                      seed=seed, limit_mm_per_prompt={"image": 1, "video": 1},
+                                      logprobs_mode="processed_logprobs", enable_prefix_caching=True)
+        if max_model_len:
+            kwargs["max_model_len"] = max_model_len
+        self.llm = LLM(**kwargs)
+        self._asleep = False
+
+    def generate(self, inputs: dict[str, Any], raw_media: dict[str, Any], n: int, *, max_new_tokens: int,
+                 temperature: float, top_p: float, seed: int) -> list[Completion]:  # pragma: no cover - GPU
+        from vllm import SamplingParams
+
+        params = SamplingParams(n=n, temperature=max(temperature, 0.0), top_p=top_p, max_tokens=max_new_tokens,
+                                logprobs=0, seed=seed, stop_token_ids=sorted(self.stop_ids),
+                                skip_special_tokens=True)
+        mm: dict[str, Any] = {}
+        mm_kwargs: dict[str, Any] = {}
+        if raw_media.get("frames") is not None:
+            mm["video"] = np.asarray(raw_media["frames"])
+            mm_kwargs = {"fps": float(raw_media.get("fps", 1.0)), "do_sample_frames": False}
+        elif raw_media.get("image") is not None:
+            mm["image"] = raw_media["image"]
+        request: dict[str, Any] = {"prompt": raw_media["prompt_text"]}
+        if mm:
+            request["multi_modal_data"] = mm
+            request["mm_processor_kwargs"] = mm_kwargs
+        out = self.llm.generate([request], params, use_tqdm=False)[0]
+        completions = []
+        for o in out.outputs:
+            ids = list(o.token_ids)
+            lps = [float(step[tok].logprob) for tok, step in zip(ids, o.logprobs or [])]
+            completions.append(Completion(response_ids=ids, logprobs=lps, text=o.text,
+                                          finish_reason="stop" if o.finish_reason == "stop" else "length"))
+        return completions
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:  # pragma: no cover - GPU
+        weights = list(named_tensors)
+
+        def _load(worker: Any, w: list = weights) -> None:
+            worker.model_runner.model.load_weights(w)
+
+        self.llm.collective_rpc(_load)
+        self.llm.reset_prefix_cache()
+
+    def sleep(self) -> None:  # pragma: no cover - GPU
+        if not self._asleep:
+            self.llm.sleep(level=1)
+            self._asleep = True
+
+    def wake_up(self) -> None:  # pragma: no cover - GPU
+        if self._asleep:
+            self.llm.wake_up()
+            self._asleep = False
