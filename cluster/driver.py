@@ -1,0 +1,422 @@
+"""The driver: owns the training loop of DESIGN.md and every stateful actor's checkpoint.
+
+sample prompts → rollouts (G per prompt) → rewards → normalizer → advantages (dynamic sampling refills groups
+with no signal) → learner step → weight push; synchronous, or asynchronous with bounded staleness (rollouts of
+step t+1 run while the learner trains step t). Stages (SFT, GRPO, stage curricula) run in order in one job.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from cluster.checkpoints import CheckpointManager, read_json, write_json
+from cluster.config import TrainConfig, load_config, to_flat_dict, to_yaml
+from cluster.tracking import Progress, Tracker, resolve_tracking_uri, write_jsonl
+from data.schema import GROUNDING_FAMILIES, Instance, task_family
+from learner.experience import PromptGroup, RolloutFailure
+from learner.losses import compute_advantages, filter_zero_variance
+from rewards.assembly import SampleReward, combine, normalization_requests, raw_reward
+
+log = logging.getLogger("medgrpo")
+
+
+@dataclass
+class StepAccounting:
+    """prompts_in = prompts_trained + Σ prompts_dropped[reason], checked every step."""
+
+    prompts_in: int = 0
+    prompts_trained: int = 0
+    dropped: Counter = field(default_factory=Counter)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] += n
+
+    def check(self) -> None:
+        total = self.prompts_trained + sum(self.dropped.values())
+        if total != self.prompts_in:
+            raise AssertionError(f"accounting: {self.prompts_in} prompts in != {self.prompts_trained} trained + "
+                                 f"{dict(self.dropped)} dropped")
+
+    def metrics(self) -> dict[str, float]:
+        m = {"accounting/prompts_in": self.prompts_in, "accounting/prompts_trained": self.prompts_trained,
+             "accounting/prompts_dropped": sum(self.dropped.values())}
+        m.update({f"accounting/dropped/{k}": v for k, v in self.dropped.items()})
+        return m
+
+
+def connect_ray(cfg: TrainConfig) -> Any:
+    """Join the cluster named by cluster.address or RAY_ADDRESS, else start a local Ray (dashboard on 127.0.0.1)."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, namespace="medgrpo", log_to_driver=True)
+    else:
+        repo = str(Path(__file__).resolve().parent.parent)
+        env = {k: os.environ[k] for k in ("DS_ACCELERATOR", "MLFLOW_ALLOW_FILE_STORE", "HF_HUB_OFFLINE")
+               if k in os.environ}
+        env["PYTHONPATH"] = repo + os.pathsep + os.environ.get("PYTHONPATH", "")
+        ray.init(namespace="medgrpo", num_cpus=cfg.cluster.num_cpus, dashboard_host=cfg.cluster.dashboard_host,
+                 include_dashboard=os.environ.get("MEDGRPO_DASHBOARD", "1") == "1",
+                 runtime_env={"env_vars": env}, log_to_driver=True)
+    return ray
+
+
+class Trainer:
+    """One job: its actors, its loop, its checkpoints. ``run()`` executes every configured stage."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.ray = connect_ray(cfg)
+        self.timeout = cfg.cluster.get_timeout_s
+        self.global_step = 0
+        self.stage_index = 0
+        self.stage_step = 0
+        self.weight_version = 0
+        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.keep_checkpoints)
+        self._load_data()
+        self._start_actors()
+        resume_from = self._resume_point()
+        run_id = None
+        if resume_from is not None:
+            run_id = read_json(resume_from / "driver_state.json").get("mlflow_run_id")
+        self.tracker = Tracker(resolve_tracking_uri(cfg.tracking.mlflow_uri, cfg.run_dir), cfg.tracking.experiment,
+                               run_name=cfg.tracking.run_name or self.run_dir.name, run_id=run_id)
+        if resume_from is not None:
+            self._restore(resume_from)
+        else:
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+            self.tracker.log_params(to_flat_dict(cfg))
+            self.tracker.log_artifact(self.run_dir / "config.yaml")
+        self.tracker.set_tag("run_dir", str(self.run_dir.resolve()))
+
+    # -- setup ---------------------------------------------------------------------------------------------
+    def _load_data(self) -> None:
+        from data.reader import read_instances
+        from data.sampler import TaskBalancedSampler
+
+        cfg = self.cfg.data
+        self.train_instances: list[Instance] = []
+        self.data_skipped: Counter = Counter()
+        for f in cfg.train_files:
+            res = read_instances(f, data_roots=cfg.data_roots or None)
+            self.train_instances += res.instances
+            self.data_skipped.update(res.counts_by_reason)
+        if self.data_skipped:
+            log.warning("data: skipped rows by reason: %s", dict(self.data_skipped))
+        if not self.train_instances:
+            raise RuntimeError(f"no usable training instances in {cfg.train_files} (skipped: {dict(self.data_skipped)})")
+        self.eval_instances: list[Instance] = []
+        for f in cfg.eval_files:
+            if Path(f).exists():
+                self.eval_instances += read_instances(f, data_roots=cfg.data_roots or None).instances
+        if cfg.tasks:
+            self.eval_instances = [i for i in self.eval_instances if i.qa_type in cfg.tasks]
+        self.eval_instances = self.eval_instances[: cfg.eval_max_samples]
+        self.by_id = {i.id: i for i in self.train_instances + self.eval_instances}
+        self.sampler = TaskBalancedSampler(self.train_instances, task_weights=cfg.task_weights,
+                                           source_weights=cfg.source_weights, seed=self.cfg.seed,
+                                           tasks=cfg.tasks or None)
+        self.knowledge = None
+        if cfg.knowledge_file:
+            from data.knowledge import load_knowledge
+
+            self.knowledge = load_knowledge(cfg.knowledge_file)
+
+    def _start_actors(self) -> None:
+        from actors.actor_set import ActorSet
+
+        self.actors = ActorSet(self.cfg, knowledge=self.knowledge)
+
+    # -- checkpoint / resume -------------------------------------------------------------------------------
+    def _resume_point(self) -> Optional[Path]:
+        if self.cfg.resume == "never":
+            return None
+        if self.cfg.resume == "auto":
+            return self.ckpt.latest_valid()
+        return Path(self.cfg.resume)
+
+    def save_checkpoint(self) -> Path:
+        tmp = self.ckpt.begin(self.global_step)
+        self.actors.save_state(tmp)
+        write_json(tmp / "driver_state.json", {
+            "global_step": self.global_step, "stage_index": self.stage_index, "stage_step": self.stage_step,
+            "weight_version": self.weight_version, "sampler": self.sampler.state_dict(),
+            "mlflow_run_id": self.tracker.run_id,
+            "rng": {"python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
+                    "numpy": np.random.get_state()[1].tolist(), "numpy_pos": int(np.random.get_state()[2]),
+                    "torch": torch.get_rng_state().tolist()},
+        })
+        path = self.ckpt.commit(tmp, self.global_step)
+        self.tracker.set_tag("last_checkpoint", str(path.resolve()))
+        return path
+
+    def _restore(self, path: Path) -> None:
+        state = read_json(path / "driver_state.json")
+        self.global_step = state["global_step"]
+        self.stage_index = state["stage_index"]
+        self.stage_step = state["stage_step"]
+        self.weight_version = state["weight_version"]
+        self.sampler.load_state_dict(state["sampler"])
+        rng = state["rng"]
+        random.setstate((3, tuple(rng["python"]), rng["python_pos"]))
+        np.random.set_state(("MT19937", np.array(rng["numpy"], dtype=np.uint32), rng["numpy_pos"], 0, 0.0))
+        torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+        self.actors.load_state(path, self.weight_version)
+        log.info("resumed from %s at step %d", path, self.global_step)
+
+    # -- the loop ------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        total = sum(s.steps for s in self.cfg.stages)
+        progress = Progress(total, initial=self.global_step, enabled=self.cfg.tracking.progress_bar)
+        last: dict[str, Any] = {}
+        try:
+            while self.stage_index < len(self.cfg.stages):
+                stage = self.cfg.stages[self.stage_index]
+                self.sampler.set_tasks(stage.tasks or self.cfg.data.tasks or None)
+                lr = stage.lr if stage.lr is not None else self.cfg.learner.lr
+                self.actors.set_lr(lr)
+                pending = None
+                while self.stage_step < stage.steps:
+                    t0 = time.perf_counter()
+                    if stage.kind == "sft":
+                        metrics = self.sft_step()
+                    else:
+                        metrics, pending = self.grpo_step(pending)
+                    self.global_step += 1
+                    self.stage_step += 1
+                    metrics["time/step_s"] = time.perf_counter() - t0
+                    metrics["stage/index"] = self.stage_index
+                    self.tracker.log_metrics(metrics, step=self.global_step)
+                    progress.update(step=self.global_step, stage=stage.name,
+                                    reward=metrics.get("reward/raw_mean", metrics.get("loss/sft", float("nan"))),
+                                    tok_s=metrics.get("throughput/tokens_per_s", 0.0))
+                    last = metrics
+                    if self.cfg.eval_every and self.global_step % self.cfg.eval_every == 0:
+                        self.tracker.log_metrics(self.evaluate(prefix="eval/"), step=self.global_step)
+                    if self.cfg.checkpoint_every and self.global_step % self.cfg.checkpoint_every == 0:
+                        self.save_checkpoint()
+                if pending is not None:  # an async look-ahead rollout past the stage end is returned unused
+                    self._discard(pending)
+                self.stage_index += 1
+                self.stage_step = 0
+            self.tracker.finish()
+        except BaseException:
+            self.tracker.finish("FAILED")
+            raise
+        finally:
+            progress.close()
+        return last
+
+    # -- SFT -----------------------------------------------------------------------------------------------
+    def sft_step(self) -> dict[str, float]:
+        prompts = self.sampler.next_batch(self.cfg.data.prompts_per_step)
+        with_answer = [p for p in prompts if p.answer]
+        examples, failures = self.actors.encode_sft(with_answer, timeout=self.timeout)
+        metrics = self.actors.learner.sft_step(examples)
+        metrics = {f"loss/sft" if k == "loss" else f"sft/{k}": v for k, v in metrics.items()}
+        metrics["accounting/prompts_in"] = len(prompts)
+        metrics["accounting/prompts_dropped"] = len(prompts) - len(examples)
+        metrics["accounting/dropped/no_answer"] = len(prompts) - len(with_answer)
+        metrics["accounting/dropped/media"] = len(failures)
+        return metrics
+
+    # -- GRPO ----------------------------------------------------------------------------------------------
+    def _sample_prompts(self, n: int) -> list[Instance]:
+        return self.sampler.next_batch(n)
+
+    def _discard(self, pending: Any) -> None:
+        try:
+            self.actors.collect_rollouts(pending, timeout=self.timeout)
+        except Exception:  # noqa: BLE001 - the look-ahead is thrown away anyway
+            pass
+
+    def grpo_step(self, pending: Any) -> tuple[dict[str, float], Any]:
+        cfg = self.cfg
+        acct = StepAccounting()
+        timings: Counter = Counter()
+        tau = self.actors.tau()
+        target = cfg.data.prompts_per_step
+        kept: list[PromptGroup] = []
+        kept_rewards: list[list[float]] = []
+        samples_log: list[dict] = []
+        metrics: dict[str, float] = {}
+        seed_base = cfg.seed * 1_000_003 + self.global_step * 1009
+
+        t = time.perf_counter()
+        if pending is None:
+            prompts = self._sample_prompts(target)
+            pending = self.actors.submit_rollouts(prompts, seed=seed_base)
+        prompts, groups, failures = self.actors.collect_rollouts(pending, timeout=self.timeout)
+        timings["generate"] += time.perf_counter() - t
+        acct.prompts_in += len(prompts)
+        for f in failures:
+            acct.drop(f.reason)
+
+        next_pending = None
+        if cfg.rollout.max_staleness > 0:  # async: the next step's rollouts run while this step trains
+            next_pending = self.actors.submit_rollouts(self._sample_prompts(target),
+                                                       seed=seed_base + 1009 * 1000)
+        rounds = 0
+        all_samples: list[SampleReward] = []
+        group_iou: list[tuple[float, float]] = []
+        while True:
+            t = time.perf_counter()
+            scored = self.actors.score(groups, tau, timeout=self.timeout)
+            timings["reward"] += time.perf_counter() - t
+            t = time.perf_counter()
+            flat = [s for g in scored for s in g]
+            keys, values, where = normalization_requests(flat)
+            normalized, norm_metrics = self.actors.normalize(keys, values, timeout=self.timeout)
+            timings["normalize"] += time.perf_counter() - t
+            comb = combine(flat, list(normalized), where, judge_weight=cfg.reward.caption_judge_weight,
+                           fallback=cfg.reward.caption_fallback, task_weights=cfg.reward.task_weights)
+            metrics.update({f"normalizer/{k}": v for k, v in norm_metrics.items()})
+            for k, v in comb.counters.items():
+                metrics[f"reward/count/{k}"] = metrics.get(f"reward/count/{k}", 0) + v
+            all_samples += flat
+            pos = 0
+            rewards_by_group = []
+            for g, sc in zip(groups, scored):
+                rewards_by_group.append(comb.rewards[pos: pos + len(sc)])
+                pos += len(sc)
+                ious = [s.iou for s in sc if s.iou is not None]
+                if task_family(g.qa_type) in GROUNDING_FAMILIES and ious:
+                    group_iou.append((float(np.mean([s.components.get("task") or 0.0 for s in sc])),
+                                      float(np.mean(ious))))
+            for g, sc, r in zip(groups, scored, rewards_by_group):
+                if any(not np.isfinite(x) for x in r):
+                    acct.drop("nan_reward")
+                    continue
+                if cfg.rollout.dynamic_sampling and not filter_zero_variance(torch.tensor([r]))[0]:
+                    acct.drop("zero_variance")
+                    continue
+                kept.append(g)
+                kept_rewards.append(r)
+                if len(samples_log) < cfg.tracking.rollout_samples_per_step:
+                    inst = self.by_id.get(g.instance_id)
+                    samples_log.append({"step": self.global_step + 1, "id": g.instance_id, "qa_type": g.qa_type,
+                                        "question": inst.question if inst else "", "answer": g.completions[0].text,
+                                        "reference": inst.answer if inst else None, "reward": r[0]})
+            missing = target - len(kept)
+            if missing <= 0 or not cfg.rollout.dynamic_sampling or rounds >= cfg.rollout.max_refill_rounds:
+                break
+            rounds += 1  # dynamic sampling: refill the batch with fresh prompts
+            t = time.perf_counter()
+            refill = self._sample_prompts(missing)
+            p2, groups, f2 = self.actors.collect_rollouts(
+                self.actors.submit_rollouts(refill, seed=seed_base + 7919 * rounds), timeout=self.timeout)
+            timings["generate"] += time.perf_counter() - t
+            acct.prompts_in += len(p2)
+            for f in f2:
+                acct.drop(f.reason)
+
+        metrics.update(self._reward_metrics(all_samples))
+        # MedLoc-R1: the curriculum sees this step's grounding groups (mean reward, mean IoU)
+        if group_iou:
+            metrics.update(self.actors.observe_curriculum([a for a, _ in group_iou], [b for _, b in group_iou]))
+
+        trained_ok = False
+        if kept:
+            rewards = torch.tensor(kept_rewards, dtype=torch.float32)
+            adv = compute_advantages(rewards, cfg.learner.advantage)
+            metrics.update({"advantage/mean": float(adv.mean()), "advantage/std": float(adv.std()),
+                            "advantage/abs_max": float(adv.abs().max()),
+                            "reward/norm_mean": float(rewards.mean())})
+            t = time.perf_counter()
+            train_metrics = self.actors.learner.train_step(kept, adv.tolist())
+            timings["train"] += time.perf_counter() - t
+            trained_ok = not train_metrics.get("skipped_nonfinite", 0)
+            metrics.update({f"loss/{k}" if k == "loss" else f"train/{k}": v for k, v in train_metrics.items()})
+            if "loss" in train_metrics:
+                metrics["loss/policy"] = train_metrics["loss"]
+            if trained_ok:
+                acct.prompts_trained = len(kept)
+            else:
+                acct.drop("nonfinite_loss", len(kept))
+            t = time.perf_counter()
+            self.weight_version = self.actors.push_weights(timeout=self.timeout)
+            timings["sync"] += time.perf_counter() - t
+        acct.check()
+        metrics.update(acct.metrics())
+        metrics["policy/version"] = self.weight_version
+        metrics["curriculum/tau"] = tau if tau is not None else 0.0
+        tokens = sum(len(c.response_ids) for g in kept for c in g.completions)
+        step_time = sum(timings.values())
+        metrics["throughput/tokens_per_s"] = tokens / max(timings["generate"], 1e-9)
+        metrics["throughput/samples_per_s"] = sum(g.group_size for g in kept) / max(step_time, 1e-9)
+        metrics.update({f"time/{k}_s": v for k, v in timings.items()})
+        metrics["staleness/max"] = float(max((self.weight_version - 1 - g.policy_version for g in kept), default=0))
+        if samples_log:
+            write_jsonl(self.run_dir / "rollouts.jsonl", samples_log)
+        return metrics, next_pending
+
+    def _reward_metrics(self, samples: list[SampleReward]) -> dict[str, float]:
+        m: dict[str, float] = {}
+        by_key: dict[str, list[float]] = {}
+        reasons: Counter = Counter()
+        for s in samples:
+            r = raw_reward(s, self.cfg.reward.caption_judge_weight)
+            if np.isfinite(r):
+                by_key.setdefault(f"{s.data_source}/{s.qa_type}", []).append(r)
+            if s.reason:
+                reasons[s.reason] += 1
+            if s.components.get("judge") is None and s.family in ("vs", "rc"):
+                reasons["judge_missing"] += 1
+        allv = [v for vs in by_key.values() for v in vs]
+        m["reward/raw_mean"] = float(np.mean(allv)) if allv else float("nan")
+        for k, vs in by_key.items():
+            m[f"reward/raw/{k}"] = float(np.mean(vs))
+        for k, v in reasons.items():
+            m[f"parse_fail/{k}"] = v
+        return m
+
+    # -- evaluation ----------------------------------------------------------------------------------------
+    def evaluate(self, prefix: str = "eval/") -> dict[str, float]:
+        from rewards.leaderboard import evaluate
+
+        if not self.eval_instances:
+            return {}
+        preds = self.actors.predict(self.eval_instances, max_new_tokens=self.cfg.rollout.max_new_tokens,
+                                    timeout=self.timeout)
+        result = evaluate(self.eval_instances, preds)
+        out = {}
+        for k, v in result["overall"].items():
+            if isinstance(v, (int, float)) and v is not None:
+                out[prefix + k] = float(v)
+        return out
+
+    def close(self) -> None:
+        self.actors.shutdown()
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    trainer = Trainer(cfg)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
+
+
+def main() -> None:  # `ray job submit -- python -m cluster.driver PRESET [overrides]`
+    import sys
+
+    train(load_config(sys.argv[1], sys.argv[2:]))
+
+
+if __name__ == "__main__":
+    main()
