@@ -126,11 +126,13 @@ class RewardConfig:
 @dataclass
 class NormalizerConfig:
     mode: str = choice("streaming", "off", "static", "streaming", "warm")
-    k: float = bounded(3.0, 0.0)
+    k: float = bounded(3.0, 1e-6)
     eps: float = bounded(1e-3, 1e-12)
     min_samples: int = bounded(32, 1)
     table_file: Optional[str] = None
     sketch_size: int = bounded(2048, 64)
+    warm_samples: int = bounded(1000, 1)  # warm: weight of the stream = n / (n + warm_samples)
+    update_first: bool = True  # a step's own scores enter the quantiles before they are normalized
 
 
 @dataclass
@@ -141,6 +143,8 @@ class CurriculumConfig:
     window: int = bounded(30, 2)
     margin: float = bounded(0.10, 0.0, 1.0)
     schedule: str = choice("step", "step", "linear", "cosine")
+    delta_max: float = bounded(0.15, 0.0, 1.0)  # linear/cosine: the step at tau0 ...
+    delta_min: float = bounded(0.05, 0.0, 1.0)  # ... decaying to this at tau_max
 
 
 @dataclass
