@@ -1,0 +1,203 @@
+"""MedVidBench leaderboard evaluator: score predictions against references into the published table.
+
+Role: the scoring core of ``medgrpo eval`` (pure code; the CLI reads files and prints ``format_table``).
+Columns: ``cvs_acc, nap_acc, sa_acc, stg_miou, tag_miou@0.3, tag_miou@0.5, dvc_f1, dvc_llm, vs_llm, rc_llm``,
+plus ``vqa_acc, box_miou, cls_acc`` when image references are present and ``dvc_sim, vs_sim, rc_sim`` when a
+``similarity_fn`` is given. Rule columns use the lenient parsers without the format gate (``task_scores.score``
+with ``format_gate=False``); ``*_llm`` columns are mean judge scores on the 1–5 scale.
+
+Counting rules: a reference with no prediction (or a non-text one) scores 0 in each of its columns, LLM ones
+included, and is counted in ``missing_predictions``; a prediction that does not parse scores 0 and is counted
+under ``parse_failures`` by reason; a reference whose own ground truth is unusable (``gt_*``) or whose
+qa_type is unknown is left out of every column and counted (``reference_errors``/``unknown_qa_type``); a judge
+reply of None, or one outside [1, 5], is left out of its column and counted in ``judge_missing`` (never a
+silent 0). Without ``judge_fn`` the LLM columns are None and listed in ``skipped``.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from data.schema import Instance
+from rewards import metrics as M
+from rewards import parsing as P
+from rewards.task_scores import score
+
+JudgeFn = Callable[[list[tuple[str, str]]], Sequence[Optional[float]]]
+SimilarityFn = Callable[[list[tuple[str, str]]], Sequence[Optional[float]]]
+
+COLUMNS: tuple[str, ...] = ("cvs_acc", "nap_acc", "sa_acc", "stg_miou", "tag_miou@0.3", "tag_miou@0.5",
+                            "dvc_f1", "dvc_llm", "vs_llm", "rc_llm")
+IMAGE_COLUMNS: tuple[str, ...] = ("vqa_acc", "box_miou", "cls_acc")
+SIM_COLUMNS: tuple[str, ...] = ("dvc_sim", "vs_sim", "rc_sim")
+LLM_COLUMNS: tuple[str, ...] = ("dvc_llm", "vs_llm", "rc_llm")
+
+# family -> [(column, component, mIoU threshold or None)]
+_RULE_COLUMNS: dict[str, list[tuple[str, str, Optional[float]]]] = {
+    "cvs": [("cvs_acc", "acc", None)],
+    "nap": [("nap_acc", "acc", None)],
+    "sa": [("sa_acc", "acc", None)],
+    "stg": [("stg_miou", "iou", None)],
+    "tag": [("tag_miou@0.3", "iou", 0.3), ("tag_miou@0.5", "iou", 0.5)],
+    "dvc": [("dvc_f1", "f1", None)],
+    "vqa": [("vqa_acc", "acc", None)],
+    "box": [("box_miou", "iou", None)],
+    "cls": [("cls_acc", "acc", None)],
+}
+_LLM_COLUMN = {"dvc": "dvc_llm", "vs": "vs_llm", "rc": "rc_llm"}
+_SIM_COLUMN = {"dvc": "dvc_sim", "vs": "vs_sim", "rc": "rc_sim"}
+_FAMILY_OF_IMAGE_COLUMN = {"vqa_acc": "vqa", "box_miou": "box", "cls_acc": "cls"}
+ALL_SOURCES = "all"
+
+
+def _valid(v: Any, lo: float, hi: float) -> Optional[float]:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) and lo <= v <= hi else None
+
+
+def _call(fn: Callable[..., Sequence[Optional[float]]], name: str, pairs: list[tuple[str, str]]) -> list[Any]:
+    out = list(fn(pairs))
+    if len(out) != len(pairs):
+        raise ValueError(f"{name} returned {len(out)} scores for {len(pairs)} pairs; it must return one per pair")
+    return out
+
+
+def evaluate(references: Sequence[Instance], predictions: Mapping[str, str], *,
+             judge_fn: Optional[JudgeFn] = None, similarity_fn: Optional[SimilarityFn] = None) -> dict[str, Any]:
+    """Score ``predictions`` (reference id -> text) against ``references`` (module docstring for the rules).
+
+    ``judge_fn(pairs)`` gets ``[(reference, candidate), ...]`` and returns one 1–5 score or None per pair;
+    ``similarity_fn`` the same with cosine similarities in [-1, 1]. Returns ``{"table", "by_source", "counts",
+    "skipped", "columns"}``: ``table``/``by_source[source]`` map column -> mean (None: no data or skipped).
+    """
+    columns = list(COLUMNS)
+    fams_present = {P.family_of(r) for r in references}
+    columns += [c for c in IMAGE_COLUMNS if _FAMILY_OF_IMAGE_COLUMN[c] in fams_present]
+    if similarity_fn is not None:
+        columns += list(SIM_COLUMNS)
+    values: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    missing_by_col: Counter[str] = Counter()
+    parse_failures: Counter[str] = Counter()
+    failures_by_task: dict[str, Counter[str]] = defaultdict(Counter)
+    ref_errors: Counter[str] = Counter()
+    judge_missing: Counter[str] = Counter()
+    sim_missing: Counter[str] = Counter()
+    unknown_qa_type = missing = 0
+    seen_ids: Counter[str] = Counter()
+    queue: list[tuple[str, str, str, str]] = []  # (family, source, reference, candidate)
+
+    for ref in references:
+        seen_ids[ref.id] += 1
+        fam = P.family_of(ref)
+        if fam is None or (fam not in _RULE_COLUMNS and fam not in _LLM_COLUMN):
+            unknown_qa_type += 1
+            continue
+        pred = predictions.get(ref.id)
+        has_pred = isinstance(pred, str)
+        ts = score(ref, pred if has_pred else "", format_gate=False)
+        if ts.reason is not None and ts.reason.startswith("gt_"):
+            ref_errors[ts.reason] += 1
+            continue
+        src = ref.data_source or "unknown"
+        if not has_pred:
+            missing += 1
+        elif ts.reason is not None:
+            parse_failures[ts.reason] += 1
+            failures_by_task[fam][ts.reason] += 1
+        for col, comp, theta in _RULE_COLUMNS.get(fam, []):
+            v = ts.components.get(comp, 0.0) if has_pred else 0.0
+            values[col].append((src, M.thresholded_iou(v, theta) if theta is not None else v))
+            missing_by_col[col] += 0 if has_pred else 1
+        if fam in _LLM_COLUMN:
+            cand = P.extract_answer(pred)[:P.MAX_CHARS].strip() if has_pred and P.prepare_answer(pred)[1] is None else ""
+            if cand:
+                queue.append((fam, src, P.gt_caption(ref).value or "", cand))
+                continue
+            for cols in (_LLM_COLUMN, _SIM_COLUMN):
+                values[cols[fam]].append((src, 0.0))
+            missing_by_col[_LLM_COLUMN[fam]] += 0 if has_pred else 1
+            missing_by_col[_SIM_COLUMN[fam]] += 0 if has_pred else 1
+
+    pairs = [(r, c) for _, _, r, c in queue]
+    for fn, name, cols, lo, hi, missing_counter in (
+            (judge_fn, "judge_fn", _LLM_COLUMN, 1.0, 5.0, judge_missing),
+            (similarity_fn, "similarity_fn", _SIM_COLUMN, -1.0, 1.0, sim_missing)):
+        if fn is None or not pairs:
+            continue
+        for (fam, src, _, _), raw in zip(queue, _call(fn, name, pairs)):
+            v = _valid(raw, lo, hi)
+            if v is None:
+                missing_counter[cols[fam]] += 1
+            else:
+                values[cols[fam]].append((src, v))
+
+    skipped = [c for c in LLM_COLUMNS if judge_fn is None]
+    sources = sorted({src for vals in values.values() for src, _ in vals})
+
+    def mean(col: str, source: Optional[str]) -> tuple[Optional[float], int]:
+        if col in skipped:
+            return None, 0
+        vals = [v for s, v in values.get(col, []) if source is None or s == source]
+        return (sum(vals) / len(vals) if vals else None), len(vals)
+
+    table = {c: mean(c, None)[0] for c in columns}
+    by_source = {s: {c: mean(c, s)[0] for c in columns} for s in sources}
+    counts = {
+        "references": len(references),
+        "predictions": len(predictions),
+        "n": {c: mean(c, None)[1] for c in columns},
+        "n_by_source": {s: {c: mean(c, s)[1] for c in columns} for s in sources},
+        "missing_predictions": missing,
+        "missing_by_column": {c: missing_by_col[c] for c in columns if missing_by_col[c]},
+        "unmatched_predictions": sum(1 for pid in predictions if pid not in seen_ids),
+        "duplicate_reference_ids": sum(n - 1 for n in seen_ids.values() if n > 1),
+        "unknown_qa_type": unknown_qa_type,
+        "parse_failures": dict(parse_failures),
+        "parse_failures_by_task": {f: dict(c) for f, c in failures_by_task.items()},
+        "reference_errors": dict(ref_errors),
+        "judge_missing": dict(judge_missing),
+        "similarity_missing": dict(sim_missing),
+    }
+    return {"table": table, "by_source": by_source, "counts": counts, "skipped": skipped, "columns": columns}
+
+
+def _fmt(v: Optional[float], col: str, skipped: Sequence[str]) -> str:
+    if col in skipped:
+        return "skipped"
+    if v is None:
+        return "-"
+    return f"{v:.2f}" if col.endswith("_llm") else f"{v:.3f}"
+
+
+def format_table(result: Mapping[str, Any]) -> str:
+    """A plain-text table of ``evaluate``'s result: one row per column, ``all`` then each data source, and a
+    summary of the counts."""
+    columns = list(result.get("columns") or result["table"].keys())
+    skipped = list(result.get("skipped", []))
+    sources = list(result.get("by_source", {}))
+    counts = result.get("counts", {})
+    header = ["metric", "n", ALL_SOURCES, *sources]
+    rows = [header]
+    for col in columns:
+        rows.append([col, str(counts.get("n", {}).get(col, 0)), _fmt(result["table"].get(col), col, skipped),
+                     *(_fmt(result["by_source"][s].get(col), col, skipped) for s in sources)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
+    lines.append(f"references {counts.get('references', 0)}, predictions {counts.get('predictions', 0)}, "
+                 f"missing predictions {counts.get('missing_predictions', 0)}, "
+                 f"unmatched predictions {counts.get('unmatched_predictions', 0)}, "
+                 f"unknown qa_type {counts.get('unknown_qa_type', 0)}")
+    for key, label in (("parse_failures", "parse failures"), ("reference_errors", "reference errors"),
+                       ("judge_missing", "judge missing"), ("similarity_missing", "similarity missing")):
+        d = counts.get(key) or {}
+        if d:
+            lines.append(f"{label}: " + ", ".join(f"{k} {v}" for k, v in sorted(d.items())))
+    if skipped:
+        lines.append(f"skipped (no judge): {', '.join(skipped)}")
+    return "\n".join(lines)

@@ -1,0 +1,115 @@
+"""Leaderboard evaluator (rewards/leaderboard.py): the table, per-source breakdown, counts, judge handling."""
+from __future__ import annotations
+
+import pytest
+
+from data.schema import Instance
+from rewards.leaderboard import COLUMNS, evaluate, format_table
+
+RULE_COLUMNS = ["cvs_acc", "nap_acc", "sa_acc", "stg_miou", "tag_miou@0.3", "tag_miou@0.5", "dvc_f1"]
+
+
+def ref(rid: str, qa_type: str, source: str, answer=None, struc_info=None, question: str = "q") -> Instance:
+    return Instance(id=rid, qa_type=qa_type, data_source=source, question=question, answer=answer,
+                    struc_info=struc_info)
+
+
+@pytest.fixture()
+def case():
+    refs = [
+        ref("t1", "tal", "A", "0-10 seconds."),
+        ref("t2", "tal", "B", "0-10 seconds."),
+        ref("t3", "tal", "B", "0-10 seconds."),
+        ref("c1", "cvs_assessment", "A", "Two structures: 2, Cystic plate: 1, Hepatocystic triangle: 0"),
+        ref("c2", "cvs_assessment", "A", "Two structures: 2, Cystic plate: 1, Hepatocystic triangle: 0"),
+        ref("s1", "stg", "B", struc_info=[{"bbox_dict": {"1.0": [0, 0, 2, 2]}}]),
+        ref("v1", "video_summary_gpt", "A", "reference summary one"),
+        ref("v2", "video_summary_gemini", "B", "reference summary two"),
+        ref("v3", "video_summary_gpt", "B", "reference summary three"),
+        ref("r1", "region_caption_gpt", "A", "reference region caption"),
+        ref("bad", "tal", "A", None),
+        ref("unk", "not_a_task", "A", "x"),
+    ]
+    preds = {"t1": "0-4 seconds.", "t2": "The action spans 0 to 6 seconds.", "c1": refs[3].answer,
+             "c2": "no idea", "s1": "1.0 seconds: [0, 0, 2, 2]", "v1": "cand one", "v2": "cand two",
+             "r1": "<think>hm</think><answer>cand r</answer>", "bad": "1-2 seconds", "zzz": "orphan"}
+    return refs, preds
+
+
+JUDGE = {"cand one": 4.0, "cand two": None, "cand r": 6.0}  # 6 is off the 1-5 scale: counted as missing
+
+
+def test_table_counts_and_breakdown(case):
+    refs, preds = case
+    calls = []
+
+    def judge(pairs):
+        calls.append(pairs)
+        return [JUDGE[c] for _, c in pairs]
+
+    res = evaluate(refs, preds, judge_fn=judge)
+    t, c = res["table"], res["counts"]
+    assert calls == [[("reference summary one", "cand one"), ("reference summary two", "cand two"),
+                      ("reference region caption", "cand r")]]
+    # TAG IoUs 0.4, 0.6 and a missing prediction (0)
+    assert t["tag_miou@0.3"] == pytest.approx((0.4 + 0.6 + 0) / 3)
+    assert t["tag_miou@0.5"] == pytest.approx((0 + 0.6 + 0) / 3)
+    assert t["cvs_acc"] == 0.5 and t["stg_miou"] == 1.0
+    assert t["vs_llm"] == pytest.approx((4.0 + 0.0) / 2)  # v2's judgement missing; v3's prediction missing
+    assert t["rc_llm"] is None and t["nap_acc"] is None and t["dvc_f1"] is None
+    assert res["by_source"]["A"]["tag_miou@0.3"] == pytest.approx(0.4)
+    assert res["by_source"]["A"]["tag_miou@0.5"] == 0.0
+    assert res["by_source"]["B"]["tag_miou@0.5"] == pytest.approx(0.3)
+    assert res["by_source"]["B"]["vs_llm"] == 0.0 and res["by_source"]["A"]["vs_llm"] == 4.0
+    assert c["n"]["tag_miou@0.3"] == 3 and c["n"]["vs_llm"] == 2 and c["n"]["rc_llm"] == 0
+    assert c["missing_predictions"] == 2
+    assert c["missing_by_column"] == {"tag_miou@0.3": 1, "tag_miou@0.5": 1, "vs_llm": 1}
+    assert c["parse_failures"] == {"missing_criterion": 1}
+    assert c["parse_failures_by_task"] == {"cvs": {"missing_criterion": 1}}
+    assert c["reference_errors"] == {"gt_missing": 1}
+    assert c["unknown_qa_type"] == 1 and c["unmatched_predictions"] == 1
+    assert c["judge_missing"] == {"vs_llm": 1, "rc_llm": 1}
+    assert res["skipped"] == [] and res["columns"] == list(COLUMNS)
+
+
+def test_without_judge_the_llm_columns_are_skipped(case):
+    refs, preds = case
+    res = evaluate(refs, preds)
+    assert res["skipped"] == ["dvc_llm", "vs_llm", "rc_llm"]
+    assert all(res["table"][c] is None for c in res["skipped"])
+    text = format_table(res)
+    assert "skipped" in text and "tag_miou@0.3" in text and "0.333" in text and "missing predictions 2" in text
+    assert "parse failures: missing_criterion 1" in text
+
+
+def test_similarity_columns_and_bad_judge(case):
+    refs, preds = case
+    res = evaluate(refs, preds, judge_fn=lambda pairs: [3.0] * len(pairs),
+                   similarity_fn=lambda pairs: [0.5 if c == "cand one" else float("nan") for _, c in pairs])
+    assert res["table"]["vs_sim"] == pytest.approx((0.5 + 0.0) / 2)  # v2 similarity NaN -> missing, v3 -> 0
+    assert res["counts"]["similarity_missing"] == {"vs_sim": 1, "rc_sim": 1}
+    assert res["table"]["rc_llm"] == 3.0
+    with pytest.raises(ValueError, match="judge_fn returned 1 scores for 3 pairs"):
+        evaluate(refs, preds, judge_fn=lambda pairs: [3.0])
+
+
+def test_perfect_and_empty_predictions(examples):
+    refs = [ref(f"{qt}", qt, "S", ex["answer"], question=ex["question"]) for qt, ex in examples.items()]
+    perfect = evaluate(refs, {r.id: r.answer for r in refs}, judge_fn=lambda pairs: [5.0] * len(pairs))
+    assert all(perfect["table"][c] == 1.0 for c in RULE_COLUMNS)
+    assert all(perfect["table"][c] == 5.0 for c in ("dvc_llm", "vs_llm", "rc_llm"))
+    empty = evaluate(refs, {r.id: "" for r in refs}, judge_fn=lambda pairs: [5.0] * len(pairs))
+    assert all(empty["table"][c] == 0.0 for c in COLUMNS)
+    assert empty["counts"]["missing_predictions"] == 0 and empty["counts"]["parse_failures"]["empty"] == len(refs)
+    none = evaluate(refs, {})
+    assert all(none["table"][c] == 0.0 for c in RULE_COLUMNS)
+    assert none["counts"]["missing_predictions"] == len(refs)
+
+
+def test_image_columns_appear_with_image_references():
+    refs = [ref("q1", "vqa_mc", "PMC", struc_info={"choices": ["A. x", "B. y"], "answer": "A"}),
+            ref("b1", "box_grounding", "Kvasir", struc_info={"bbox": [0, 0, 2, 2]})]
+    res = evaluate(refs, {"q1": "(A)", "b1": "[1, 1, 3, 3]"})
+    assert res["table"]["vqa_acc"] == 1.0 and res["table"]["box_miou"] == pytest.approx(1 / 7)
+    assert "cls_acc" not in res["table"] and res["table"]["cvs_acc"] is None
+    assert "vqa_acc" in format_table(res)
