@@ -235,7 +235,8 @@ class VLLMBackend(JudgeBackend):
         if not cfg.model:
             raise JudgeBackendUnavailable("judge.model must name a checkpoint (backend 'vllm')")
         self.model_path = cfg.model
-        self.llm = LLM(model=cfg.model, **(engine_kwargs or {}))
+        kwargs = {"gpu_memory_utilization": cfg.gpu_memory_utilization, **(engine_kwargs or {})}
+        self.llm = LLM(model=cfg.model, **kwargs)
         self.params = SamplingParams(temperature=0.0, max_tokens=cfg.max_new_tokens)
 
     def __repr__(self) -> str:

@@ -181,7 +181,7 @@ class RewardScorer:
         if self._similarity is None:
             from rewards.similarity import SentenceSimilarity
 
-            self._similarity = SentenceSimilarity(self.cfg.similarity_model)
+            self._similarity = SentenceSimilarity(self.cfg.similarity_model, mapping=self.cfg.similarity_mapping)
         return self._similarity
 
     def _wait_s(self, n_requests: int) -> float:
@@ -282,7 +282,8 @@ class RewardScorer:
             s.reasons.append("task_unknown_qa_type")
             return s
         try:
-            res = self.score_fn(inst, it.text, iou_threshold=thr, format_gate=self.cfg.format_gate)
+            res = self.score_fn(inst, it.text, iou_threshold=thr, format_gate=self.cfg.format_gate,
+                                require_think=self.cfg.require_think)
         except Exception as e:  # noqa: BLE001 - counted and logged; one bad sample must not kill the step
             log.warning("task scoring failed for %s (%s): %s: %s", inst.id, inst.qa_type, type(e).__name__, e,
                         exc_info=True)

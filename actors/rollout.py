@@ -39,7 +39,24 @@ class RolloutWorker:
         from data.prompting import load_media, prompt_inputs
 
         media = load_media(inst, **self.video_opts)
-        return prompt_inputs(self.processor, inst, media, knowledge=self.knowledge)
+        return prompt_inputs(self.processor, inst, media, knowledge=self.knowledge,
+                             max_pixels=self.video_opts["max_pixels"], min_pixels=self.video_opts["min_pixels"])
+
+    def encode_sft(self, instances: list[Instance]) -> list[dict[str, Any] | RolloutFailure]:
+        """SFT examples (prompt ids, reference answer ids, vision tensors) through the same prompt path."""
+        from data.prompting import answer_ids
+
+        out: list[dict[str, Any] | RolloutFailure] = []
+        for inst in instances:
+            try:
+                inputs, _ = self.encode_prompt(inst)
+            except Exception as e:  # reported like a rollout failure
+                out.append(RolloutFailure(inst.id, f"media:{getattr(e, 'reason', type(e).__name__)}", str(e)[:300]))
+                continue
+            mm = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+            out.append({"instance_id": inst.id, "prompt_ids": inputs["input_ids"][0].tolist(),
+                        "response_ids": answer_ids(self.processor, inst.answer or ""), "mm_inputs": mm})
+        return out
 
     # -- generation ----------------------------------------------------------------------------------------
     def generate(self, instances: list[Instance], n: int, *, max_new_tokens: int, temperature: float = 1.0,

@@ -103,11 +103,15 @@ class JudgeConfig:
     breaker_cooldown_s: float = bounded(30.0, 0.0)
     max_new_tokens: int = bounded(256, 1)
     num_gpus: float = bounded(0.0, 0.0)
+    gpu_memory_utilization: float = bounded(0.3, 0.05, 0.95)  # vllm backend, when it shares a GPU
 
 
 @dataclass
 class RewardConfig:
     num_workers: int = bounded(1, 1)
+    num_cpus: float = bounded(1.0, 0.0)  # per reward worker
+    similarity_mapping: str = choice("clip", "clip", "affine")  # cosine -> [0,1]: max(cos,0) or (cos+1)/2
+    require_think: bool = False  # medical VQA: the <think>…</think><answer>…</answer> layout is part of the gate
     format_gate: bool = True  # reward = format ok × task score (MedGRPO)
     caption_judge_weight: float = bounded(0.5, 0.0, 1.0)  # rest goes to semantic similarity
     caption_fallback: str = choice("similarity_only", "similarity_only", "drop")

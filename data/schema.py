@@ -43,7 +43,7 @@ def task_family(qa_type: str) -> str:
     raise KeyError(f"unknown qa_type {qa_type!r}; known: {', '.join(sorted(TASK_FAMILY))}")
 
 
-def sample_id(video_id: str, start: int, end: Optional[int], fps: float) -> str:
+def sample_id(video_id: str, start: "int | str", end: "Optional[int | str]", fps: "float | str") -> str:
     """MedVidBench sample id ``video_id&&start&&end&&fps``."""
     return f"{video_id}&&{start}&&{end if end is not None else ''}&&{fps}"
 

@@ -154,7 +154,7 @@ def test_iou_threshold_and_format_gate(examples):
     seen = []
     RewardScorer(RewardConfig(format_gate=False), None,
                  score_fn=lambda i, p, **kw: seen.append(kw) or task_score(i, p, **kw)).score_batch([(tal, "x")])
-    assert seen == [{"iou_threshold": None, "format_gate": False}]
+    assert seen == [{"iou_threshold": None, "format_gate": False, "require_think": False}]
 
 
 def test_shaping_terms(examples):
