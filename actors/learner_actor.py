@@ -64,6 +64,13 @@ class _LearnerRankImpl:
     def set_lr(self, lr: float) -> None:
         self._l().set_lr(lr)
 
+    def init_weight_sync(self, master_addr: str, master_port: int, world_size: int,
+                         backend: Optional[str] = None) -> None:
+        self._l().init_weight_sync(master_addr, master_port, world_size, backend)
+
+    def broadcast_weights(self) -> int:
+        return self._l().broadcast_weights()
+
     def save_checkpoint(self, directory: str) -> str:
         return self._l().save_checkpoint(directory)
 
@@ -174,6 +181,28 @@ class LearnerGroup:
         if pending:
             raise LearnerError(f"weight export: {len(pending)} rank(s) did not finish within {self.timeout:.0f} s")
         return WeightsHandle(version=int(versions[0]), ref=pairs[0][1])
+
+    def weight_sync_address(self) -> tuple[str, int]:
+        """Where the GPU weight-sync group rendezvouses: learner rank 0's node and a port free there."""
+        addr, port = self._get(self.ranks[0].address.remote(), "address")
+        return str(addr), int(port)
+
+    def init_weight_sync(self, master_addr: str, master_port: int, world_size: int,
+                         backend: Optional[str] = None) -> list[Any]:
+        """Start joining the weight-sync group (learner rank 0 = group rank 0). Returns the refs without waiting:
+        the rollout workers must join concurrently (``learner.weight_sync.init_sync_group`` with ranks 1..n-1);
+        wait on these refs together with theirs."""
+        return [a.init_weight_sync.remote(master_addr, master_port, world_size, backend) for a in self.ranks]
+
+    def broadcast_weights(self) -> list[Any]:
+        """Start a bucketed broadcast of the current weights (every rank takes part: ZeRO-3 gathers). Returns the
+        refs (each resolves to the version sent) without waiting; the rollout workers call
+        ``BucketReceiver.receive`` concurrently. Untested on GPU."""
+        return [a.broadcast_weights.remote() for a in self.ranks]
+
+    def wait(self, refs: Sequence[Any], what: str = "call") -> list[Any]:
+        """``ray.get`` with this group's timeout and a clear error."""
+        return self._get(list(refs), what)
 
     def version(self) -> int:
         return int(self._get(self.ranks[0].version.remote(), "version"))

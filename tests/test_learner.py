@@ -1,0 +1,363 @@
+"""The DeepSpeed learner on a tiny random Qwen2.5-VL: one rank in-process (ZeRO-0 over gloo) and ranks as real Ray
+actors (ZeRO-2 / ZeRO-3), checkpoints, HF export, weight sync (object store and bucketed broadcast over gloo)."""
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import threading
+from types import SimpleNamespace as NS
+
+import pytest
+import torch
+
+from cluster.config import load_config
+from learner.deepspeed_learner import DeepSpeedLearner, build_policy_batch, build_sft_batch, split_batch
+from learner.weight_sync import (BucketBroadcaster, BucketReceiver, WeightReceiver, WeightSyncError, init_sync_group,
+                                 pack_weights, plan_buckets, weights_checksum)
+
+PROMPTS: dict[str, tuple[list[int], dict[str, torch.Tensor]]] = {}  # kind -> (prompt ids, media), from the processor
+TOKENS: dict[str, int] = {}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """The project's tiny offline Qwen2.5-VL (official processor classes), and one video and one image prompt
+    built by its processor exactly as the rollout builds them."""
+    import numpy as np
+    from transformers import AutoConfig
+
+    from learner.model_io import build_inputs, load_model_and_processor
+    from learner.tiny_model import build_tiny_model
+
+    path = build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2.5-vl"))
+    _, proc = load_model_and_processor(path)
+    cfg = AutoConfig.from_pretrained(path)
+    TOKENS.update(video=cfg.video_token_id, image=cfg.image_token_id)
+    rng = np.random.default_rng(0)
+    for kind, inputs in (
+            ("video", build_inputs(proc, "What happens?", frames=rng.integers(0, 255, (4, 56, 56, 3), dtype=np.uint8),
+                                   fps=1.0)),
+            ("image", build_inputs(proc, "What is shown?", image=rng.integers(0, 255, (56, 56, 3), dtype=np.uint8)))):
+        mm = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        PROMPTS[kind] = (inputs["input_ids"][0].tolist(), mm)
+    return str(path)
+
+
+def _cfg(*overrides: str):
+    return load_config(None, ["learner.lr=1e-2", "learner.micro_batch_size=2", "rollout.max_new_tokens=8",
+                              "cluster.get_timeout_s=240", "learner.collective_timeout_s=120", *overrides])
+
+
+def _group(seed: int, n: int, kind: str = "video"):
+    """A rollout group (the shape of ``learner.experience.PromptGroup``) with n random completions."""
+    g = torch.Generator().manual_seed(seed)
+    prompt, mm = PROMPTS[kind]
+    comps = [NS(response_ids=torch.randint(10, 1000, (3 + i,), generator=g).tolist(), logprobs=[-5.5] * (3 + i))
+             for i in range(n)]
+    return NS(prompt_ids=prompt, mm_inputs=mm, completions=comps, temperature=1.0)
+
+
+def _batch():
+    """5 samples: a video prompt with 3 completions, an image prompt with 2 (rank 1 of 2 gets only the image)."""
+    return build_policy_batch([_group(1, 3, "video"), _group(2, 2, "image")],
+                              [[1.0, -0.5, -0.5], [0.7, -0.7]])
+
+
+def _params(learner: DeepSpeedLearner) -> dict[str, torch.Tensor]:
+    return learner.state_for_sync()[1]
+
+
+def _fresh(tiny_dir, *overrides: str) -> DeepSpeedLearner:
+    """A rank-0-of-1 learner in this process (the first one creates the process group, later ones reuse it). The
+    rank's environment variables (RANK, MASTER_PORT, ...) are restored afterwards so they do not leak into Ray
+    workers or other tests."""
+    saved = dict(os.environ)
+    lrn = DeepSpeedLearner(_cfg(*overrides), 0, 1, "127.0.0.1", _free_port(), model_path=tiny_dir)
+    try:
+        lrn.setup()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return lrn
+
+
+@pytest.fixture(scope="module")
+def learner(tiny_dir):
+    return _fresh(tiny_dir, "learner.zero_stage=0")
+
+
+def _hf_model(tiny_dir, state=None):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    m = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_dir, dtype=torch.float32)
+    if state is not None:
+        m.load_state_dict(state, strict=False)
+    return m.eval()
+
+
+# ---------------------------------------------------------------------------------------------- batch building
+def test_build_policy_batch_layout(tiny_dir):
+    b = _batch()
+    pv, pi = len(PROMPTS["video"][0]), len(PROMPTS["image"][0])
+    width = max(pv + 5, pi + 4)  # longest prompt + response
+    assert b["input_ids"].shape == (5, width)
+    assert b["response_mask"][0].tolist() == [0] * pv + [1] * 3 + [0] * (width - pv - 3)
+    assert b["old_logprobs"][4, pi:].tolist() == [-5.5] * 4 + [0.0] * (width - pi - 4)
+    assert b["attention_mask"][4].sum() == pi + 4 and b["input_ids"][4, pi + 4:].eq(0).all()
+    assert b["mm_index"].tolist() == [0, 0, 0, 1, 1] and len(b["multimodal"]) == 2
+    parts = split_batch(b, 2)
+    assert [p["input_ids"].shape[0] for p in parts] == [3, 2]
+    assert parts[1]["mm_index"].tolist() == [0, 0] and "pixel_values" in parts[1]["multimodal"][0]
+    tiny = split_batch(build_policy_batch([_group(3, 2)], [[1.0, -1.0]]), 3)
+    assert [int(p["response_mask"].sum()) for p in tiny] == [3, 4, 0]  # the filler row has nothing to learn
+    with pytest.raises(ValueError, match="2 completions but 3 advantages"):
+        build_policy_batch([_group(1, 2)], [[1.0, 0.0, -1.0]])
+
+
+# ---------------------------------------------------------------------------------------------- one rank
+def test_logprobs_match_plain_hf_forward(learner, tiny_dir):
+    """The learner's forward (vision tower run once per prompt, features reused) equals HF's own forward."""
+    b = _batch()
+    lp = learner.compute_logprobs(b)
+    hf = _hf_model(tiny_dir, _params(learner))
+    rows = [0, 1, 2]  # the video prompt; HF's native path with the video repeated per sample
+    vids = b["multimodal"][0]
+    ids = b["input_ids"][rows]
+    with torch.no_grad():
+        out = hf(input_ids=ids, attention_mask=b["attention_mask"][rows],
+                 pixel_values_videos=torch.cat([vids["pixel_values_videos"]] * 3),
+                 video_grid_thw=torch.cat([vids["video_grid_thw"]] * 3),
+                 second_per_grid_ts=torch.cat([vids["second_per_grid_ts"]] * 3),
+                 mm_token_type_ids=(ids == TOKENS["video"]).int() * 2)
+    ref = torch.log_softmax(out.logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    am = b["attention_mask"][rows][:, 1:].bool()
+    assert torch.allclose(lp[rows][:, 1:][am], ref[am], atol=1e-4)
+
+
+def test_train_step_changes_weights(learner):
+    before = _params(learner)
+    b = _batch()
+    m = learner.train_step(b)
+    after = _params(learner)
+    assert m["tokens"] == 3 + 4 + 5 + 3 + 4 and m["sequences"] == 5
+    assert m["optimizer_steps"] == 1 and m["skipped_nonfinite"] == 0 and m["version"] == learner.version >= 1
+    assert m["ratio_mean"] != 1.0 and 0 <= m["clip_frac"] <= 1 and m["entropy"] > 0 and m["grad_norm"] > 0
+    lm = "lm_head.weight"
+    assert not torch.equal(before[lm], after[lm])
+    frozen = [k for k in before if k.startswith("model.visual.")]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)  # freeze_vision_tower
+
+
+def test_nonfinite_loss_skips_update(learner):
+    before = _params(learner)
+    version = learner.version
+    b = _batch()
+    b["advantages"] = torch.full((5,), 3e38)  # finite inputs, but the loss overflows to inf/nan
+    m = learner.train_step(b)
+    assert m["skipped_nonfinite"] == 1 and m["optimizer_steps"] == 0 and learner.version == version
+    after = _params(learner)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # a bad sample is left out with a reason; the rest still trains
+    b = _batch()
+    b["advantages"][1] = float("nan")
+    m = learner.train_step(b)
+    assert m["skipped_samples/nonfinite_advantage"] == 1 and m["optimizer_steps"] == 1
+    assert m["tokens"] == 3 + 5 + 3 + 4
+
+
+def test_media_token_mismatch_is_counted(learner):
+    b = _batch()
+    at = int((b["input_ids"][3] == TOKENS["image"]).nonzero()[0])
+    b["input_ids"][3, at] = 5  # one image placeholder fewer than the image's features
+    m = learner.train_step(b)
+    assert m["skipped_samples/media_token_mismatch"] == 1 and m["sequences"] == 4
+
+
+def test_set_lr_takes_effect(learner):
+    before = _params(learner)
+    learner.set_lr(0.0)
+    try:
+        m = learner.train_step(_batch())
+    finally:
+        learner.set_lr(1e-2)
+    assert m["lr"] == 0.0 and m["optimizer_steps"] == 1
+    after = _params(learner)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_checkpoint_roundtrip_gives_identical_next_step(learner, tmp_path):
+    path = tmp_path / "ckpt"
+    learner.train_step(_batch())  # non-trivial optimizer state
+    learner.save_checkpoint(path)
+    assert (path / "learner_state.json").exists() and not (tmp_path / ".ckpt.staging").exists()
+    v = learner.version
+    first = learner.train_step(_batch())
+    second = learner.train_step(_batch())
+    w_after = _params(learner)
+    assert learner.load_checkpoint(path) == v
+    again = learner.train_step(_batch())
+    assert again["loss"] == pytest.approx(first["loss"], abs=1e-6)
+    assert learner.train_step(_batch())["loss"] == pytest.approx(second["loss"], abs=1e-6)  # optimizer state too
+    w = _params(learner)
+    assert all(torch.allclose(w[k], w_after[k], atol=1e-6) for k in w)
+
+
+def test_export_hf_reloads_with_equal_weights(learner, tmp_path):
+    out = tmp_path / "hf"
+    learner.export_hf(out)
+    assert list(out.glob("*.safetensors"))
+    from learner.model_io import load_model_and_processor
+
+    reloaded, processor = load_model_and_processor(out)  # a complete model folder: the processor came along
+    assert processor.tokenizer.convert_tokens_to_ids("<|video_pad|>") == TOKENS["video"]
+    mine = _params(learner)
+    theirs = dict(reloaded.named_parameters())
+    assert set(mine) == set(theirs)
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def test_sft_step_loss_equals_hf_loss(tiny_dir):
+    lrn = _fresh(tiny_dir, "learner.zero_stage=0", "model.freeze_vision_tower=false",
+                 "model.gradient_checkpointing=true")
+    g = _group(5, 1, "video")
+    ids = g.prompt_ids + g.completions[0].response_ids
+    labels = [-100] * len(g.prompt_ids) + g.completions[0].response_ids
+    ex = [{"input_ids": ids, "labels": labels, "mm_inputs": g.mm_inputs},
+          {"input_ids": [5, 6, 7, 8, 9], "labels": [-100, -100, 7, 8, 9]}]
+    batch = build_sft_batch(ex)
+    hf = _hf_model(tiny_dir)
+    with torch.no_grad():  # HF's own loss on the same two sequences (mean over the 3 + 3 supervised tokens)
+        a = hf(input_ids=torch.tensor([ids]), pixel_values_videos=g.mm_inputs["pixel_values_videos"],
+               video_grid_thw=g.mm_inputs["video_grid_thw"], second_per_grid_ts=g.mm_inputs["second_per_grid_ts"],
+               mm_token_type_ids=(torch.tensor([ids]) == TOKENS["video"]).int() * 2, labels=torch.tensor([labels])).loss
+        b = hf(input_ids=torch.tensor([[5, 6, 7, 8, 9]]), labels=torch.tensor([[-100, -100, 7, 8, 9]])).loss
+    m = lrn.sft_step(batch)
+    assert m["tokens"] == 6 and m["optimizer_steps"] == 1
+    assert m["loss"] == pytest.approx(float(a + b) / 2, abs=1e-5)
+    assert lrn.sft_step(batch)["loss"] < m["loss"]
+
+
+# ---------------------------------------------------------------------------------------------- weight sync
+def test_weight_payload_roundtrip_through_object_store(ray_local, learner, tiny_dir):
+    payload = learner.weight_payload()
+    assert payload.version == learner.version and payload.checksum == weights_checksum(learner.model)
+    fetched = ray_local.get(ray_local.put(payload), timeout=60)
+    model = _hf_model(tiny_dir)
+    assert weights_checksum(model) != payload.checksum
+    rx = WeightReceiver(version=0)
+    assert rx.apply(model, fetched) == learner.version
+    assert weights_checksum(model) == payload.checksum
+    with pytest.raises(WeightSyncError, match="stale"):
+        rx.apply(model, fetched)
+    bad = pack_weights(payload.version + 1, {"lm_head.weight": torch.zeros(3, 3)})
+    with pytest.raises(WeightSyncError, match="missing from the payload"):
+        rx.apply(model, bad)
+    with pytest.raises(WeightSyncError, match="shape mismatch"):
+        WeightReceiver(strict=False).apply(model, bad)
+    assert weights_checksum(model) == payload.checksum  # refused payloads wrote nothing
+
+
+def test_bucketed_broadcast_over_gloo():
+    """The NCCL path's logic (header, per-dtype buckets, unflatten) over a Gloo group between two threads."""
+    torch.manual_seed(0)
+    src = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4))
+    src[1].to(torch.bfloat16)
+    dst = copy.deepcopy(src)
+    for p in dst.parameters():
+        torch.nn.init.zeros_(p)
+    plan = plan_buckets([(n, str(p.dtype)[6:], tuple(p.shape)) for n, p in src.named_parameters()], bucket_bytes=300)
+    assert [b.dtype for b in plan] == ["float32", "float32", "bfloat16"]  # 512 B weight alone, bias, then bf16
+    port, errors, got = _free_port(), [], {}
+
+    def run(rank: int) -> None:
+        try:
+            pg = init_sync_group("127.0.0.1", port, rank, 2, backend="gloo", timeout_s=60)
+            if rank == 0:
+                BucketBroadcaster(pg, learner_rank=0, bucket_bytes=300, timeout_s=60).broadcast(src, version=7)
+            else:
+                got["version"] = BucketReceiver(pg, timeout_s=60).receive(dst)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert got["version"] == 7 and weights_checksum(dst) == weights_checksum(src)
+
+
+def test_sync_group_times_out_without_peer():
+    with pytest.raises(Exception, match="(?i)timeout|timed out|wait"):
+        init_sync_group("127.0.0.1", _free_port(), 0, 2, backend="gloo", timeout_s=1)
+
+
+# ---------------------------------------------------------------------------------------------- Ray ranks
+@pytest.mark.ray
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_two_ranks_match_one_rank(ray_local, tiny_dir, tmp_path, stage):
+    """Same global batch on 1 rank (ZeRO-0, in-process) and on 2 Ray ranks (ZeRO-0 / 2 / 3): same metrics and
+    weights; a non-finite step is dropped identically; (ZeRO-3) multi-rank checkpoint and HF export."""
+    from actors.learner_actor import LearnerGroup
+
+    bad = _batch()
+    bad["advantages"] = torch.full((5,), 3e38)
+    ref = _fresh(tiny_dir, "learner.zero_stage=0")
+    ref_m1 = ref.train_step(_batch())
+    ref_w = _params(ref)
+    assert ref.train_step(bad)["skipped_nonfinite"] == 1
+    ref_m2 = ref.train_step(_batch())
+
+    group = LearnerGroup(_cfg(f"learner.zero_stage={stage}", "learner.num_ranks=2", "learner.num_cpus=0"),
+                         model_path=tiny_dir)
+    try:
+        m = group.train_step(_batch())  # rank 0: 3 video samples (2 micro-batches); rank 1: 2 image samples
+        for k in ("loss", "tokens", "clip_frac", "ratio_mean", "entropy", "grad_norm"):
+            assert m[k] == pytest.approx(ref_m1[k], rel=1e-4, abs=1e-6), k
+        h1 = group.get_weights()
+        p1 = ray_local.get(h1.ref, timeout=60)
+        assert h1.version == p1.version == 1
+        model = _hf_model(tiny_dir)
+        WeightReceiver(version=0).apply(model, p1)
+        got = dict(model.named_parameters())
+        # Adam's first step moves every weight by ≈ lr = 1e-2 whatever the gradient's size, so a wrong gradient
+        # direction shows as a 2e-2 difference; gradients that are pure float noise (e.g. key biases, which softmax
+        # ignores) may legitimately differ by a few 1e-5 between reduction orders.
+        assert all(torch.allclose(got[k], ref_w[k], atol=1e-4) for k in ref_w)
+
+        if stage == 2:  # the GPU path's protocol over gloo: rank 0 actor sends, this process receives
+            addr, port = group.weight_sync_address()
+            joining = group.init_weight_sync(addr, port, world_size=2, backend="gloo")
+            rx_group = init_sync_group(addr, port, 1, 2, backend="gloo", timeout_s=60)
+            group.wait(joining)
+            sending = group.broadcast_weights()
+            target = _hf_model(tiny_dir)
+            assert BucketReceiver(rx_group, version=0, timeout_s=60).receive(target) == 1
+            assert group.wait(sending) == [1, 1]
+            assert weights_checksum(target) == p1.checksum
+
+        skipped = group.train_step(bad)
+        assert skipped["skipped_nonfinite"] == 1 and skipped["optimizer_steps"] == 0
+        h2 = group.get_weights()
+        assert h2.version == 1 and ray_local.get(h2.ref, timeout=60).checksum == p1.checksum  # nothing applied
+        if stage == 3:
+            group.save_checkpoint(str(tmp_path / "ckpt"))
+        m2 = group.train_step(_batch())  # the optimizer state survived the dropped step as on one rank
+        assert m2["loss"] == pytest.approx(ref_m2["loss"], rel=1e-4, abs=1e-6)
+        if stage == 3:
+            assert group.load_checkpoint(str(tmp_path / "ckpt")) == 1
+            assert group.train_step(_batch())["loss"] == pytest.approx(m2["loss"], abs=1e-6)
+            group.export_hf(str(tmp_path / "hf"))
+            exported = dict(_hf_model(str(tmp_path / "hf")).named_parameters())
+            current = ray_local.get(group.get_weights().ref, timeout=60)
+            assert all(torch.equal(exported[n], t) for n, t in current.named_tensors())
+    finally:
+        group.shutdown()
