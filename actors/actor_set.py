@@ -130,10 +130,12 @@ class ActorSet:
         self.learner.set_lr(lr)
 
     def push_weights(self, timeout: float) -> int:
-        version, payload, checksum = self.learner.weights_payload()
-        ray.get([a.apply_weights.remote(version, payload, checksum) for a in self.rollouts], timeout=timeout)
-        self.version = version
-        return version
+        handle = self.learner.get_weights()
+        versions = ray.get([a.apply_weights.remote(handle.ref) for a in self.rollouts], timeout=timeout)
+        if any(v != handle.version for v in versions):
+            raise RuntimeError(f"weight sync: rollout actors report versions {versions}, sent {handle.version}")
+        self.version = handle.version
+        return handle.version
 
     # -- state ---------------------------------------------------------------------------------------------
     def save_state(self, path: Path) -> None:

@@ -6,11 +6,10 @@ import time
 from typing import Any, Optional
 
 import ray
-import torch
-
 from actors.rollout_backends import HFBackend, VLLMBackend
 from data.schema import Instance
 from learner.experience import PromptGroup, RolloutFailure
+from learner.weight_sync import WeightPayload, WeightReceiver, weights_checksum
 
 
 class RolloutWorker:
@@ -32,6 +31,8 @@ class RolloutWorker:
                                backend=video_backend)
         self.knowledge = knowledge or {}
         self.version = 0
+        # dtype of the rollout copy may differ from the learner's (bf16 vs fp32): verify only when equal
+        self.receiver = WeightReceiver(version=-1, strict=True, verify=dtype == "float32", allow_same_version=True)
 
     # -- prompts -------------------------------------------------------------------------------------------
     def encode_prompt(self, inst: Instance) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -51,11 +52,13 @@ class RolloutWorker:
             try:
                 inputs, _ = self.encode_prompt(inst)
             except Exception as e:  # reported like a rollout failure
-                out.append(RolloutFailure(inst.id, f"media:{getattr(e, 'reason', type(e).__name__)}", str(e)[:300]))
+                out.append(RolloutFailure(inst.uid, f"media:{getattr(e, 'reason', type(e).__name__)}", str(e)[:300]))
                 continue
             mm = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-            out.append({"instance_id": inst.id, "prompt_ids": inputs["input_ids"][0].tolist(),
-                        "response_ids": answer_ids(self.processor, inst.answer or ""), "mm_inputs": mm})
+            prompt = inputs["input_ids"][0].tolist()
+            answer = answer_ids(self.processor, inst.answer or "")
+            out.append({"instance_id": inst.uid, "input_ids": prompt + answer,
+                        "labels": [-100] * len(prompt) + answer, "mm_inputs": mm})
         return out
 
     # -- generation ----------------------------------------------------------------------------------------
@@ -68,7 +71,7 @@ class RolloutWorker:
                 inputs, raw = self.encode_prompt(inst)
             except Exception as e:  # corrupt video, path outside roots, ...: reported, never a crash mid-run
                 reason = getattr(e, "reason", type(e).__name__)
-                out.append(RolloutFailure(inst.id, f"media:{reason}", str(e)[:300]))
+                out.append(RolloutFailure(inst.uid, f"media:{reason}", str(e)[:300]))
                 continue
             t1 = time.perf_counter()
             completions = self.engine.generate(inputs, raw, n, max_new_tokens=max_new_tokens,
@@ -76,29 +79,25 @@ class RolloutWorker:
             t2 = time.perf_counter()
             mm = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
             out.append(PromptGroup(
-                instance_id=inst.id, qa_type=inst.qa_type, data_source=inst.data_source,
+                instance_id=inst.uid, qa_type=inst.qa_type, data_source=inst.data_source,
                 prompt_ids=inputs["input_ids"][0].tolist(), mm_inputs=mm, completions=completions,
                 policy_version=self.version, temperature=temperature,
                 extra={"decode_s": t1 - t0, "generate_s": t2 - t1}))
         return out
 
     # -- weights -------------------------------------------------------------------------------------------
-    def apply_weights(self, version: int, named_tensors: dict[str, torch.Tensor],
-                      checksum: Optional[float] = None) -> int:
-        """Load a weight payload; verifies the version moves forward and, when given, the checksum."""
-        if version < self.version:
-            raise ValueError(f"weight version went backwards: have {self.version}, got {version}")
-        self.engine.load_weights(named_tensors.items())
-        if checksum is not None and isinstance(self.engine, HFBackend):
-            got = self.checksum()
-            if abs(got - checksum) > 1e-6 * max(1.0, abs(checksum)):
-                raise RuntimeError(f"weight checksum mismatch after sync to version {version}: {got} != {checksum}")
-        self.version = version
+    def apply_weights(self, payload: WeightPayload) -> int:
+        """Load a versioned weight payload (object-store path). The hf backend checks, before writing, that the
+        version moves forward and every name/shape matches, and after writing that the checksum is the learner's."""
+        if isinstance(self.engine, HFBackend):
+            self.version = self.receiver.apply(self.engine.model, payload)
+        else:
+            self.receiver.check_version(payload.version)
+            self.engine.load_weights(payload.named_tensors())
+            self.version = self.receiver.version = payload.version
         return self.version
 
-    def checksum(self) -> float:
-        from learner.weight_sync import weights_checksum
-
+    def checksum(self) -> str:
         return weights_checksum(self.engine.model)
 
     def sleep(self) -> None:

@@ -25,6 +25,19 @@ class GenerationBackend(Protocol):
     def wake_up(self) -> None: ...
 
 
+def _suppressed_ids(tokenizer: Any, stop_ids: set[int]) -> list[int]:
+    """Special tokens a response must never contain (vision placeholders, vision start/end, ...): a sampled
+    ``<|video_pad|>`` would desynchronise placeholder tokens and media in the learner's forward."""
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    for tok in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+                "<|im_start|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
+                "<|quad_start|>", "<|quad_end|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid != getattr(tokenizer, "unk_token_id", None):
+            ids.add(tid)
+    return sorted(i for i in ids if i not in stop_ids)
+
+
 def _stop_ids(tokenizer: Any, generation_config: Any = None) -> set[int]:
     ids: set[int] = set()
     for tok in ("<|im_end|>", "<|endoftext|>"):
@@ -49,6 +62,7 @@ class HFBackend:
         self.model.eval()
         self.tokenizer = self.processor.tokenizer
         self.stop_ids = _stop_ids(self.tokenizer)
+        self.suppressed = _suppressed_ids(self.tokenizer, self.stop_ids)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.stop_ids)
 
     @torch.no_grad()
@@ -63,6 +77,7 @@ class HFBackend:
             do_sample=not greedy, temperature=None if greedy else temperature, top_p=None if greedy else top_p,
             top_k=None, repetition_penalty=None, max_new_tokens=max_new_tokens,
             num_return_sequences=1 if greedy else n, eos_token_id=sorted(self.stop_ids), pad_token_id=self.pad_id,
+            suppress_tokens=self.suppressed or None,
             return_dict_in_generate=True, output_logits=True,
         )
         model_inputs = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
@@ -129,6 +144,7 @@ class VLLMBackend:
         self.processor = AutoProcessor.from_pretrained(model_path)
         self.tokenizer = self.processor.tokenizer
         self.stop_ids = _stop_ids(self.tokenizer)
+        self.logit_bias = {i: -100.0 for i in _suppressed_ids(self.tokenizer, self.stop_ids)}
         kwargs: dict[str, Any] = dict(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                                       tensor_parallel_size=tensor_parallel_size, enable_sleep_mode=enable_sleep_mode,
                                       seed=seed, limit_mm_per_prompt={"image": 1, "video": 1},
@@ -144,7 +160,7 @@ class VLLMBackend:
 
         params = SamplingParams(n=n, temperature=max(temperature, 0.0), top_p=top_p, max_tokens=max_new_tokens,
                                 logprobs=0, seed=seed, stop_token_ids=sorted(self.stop_ids),
-                                skip_special_tokens=True)
+                                skip_special_tokens=True, logit_bias=self.logit_bias or None)
         mm: dict[str, Any] = {}
         mm_kwargs: dict[str, Any] = {}
         if raw_media.get("frames") is not None:

@@ -126,7 +126,7 @@ class Trainer:
         if cfg.tasks:
             self.eval_instances = [i for i in self.eval_instances if i.qa_type in cfg.tasks]
         self.eval_instances = self.eval_instances[: cfg.eval_max_samples]
-        self.by_id = {i.id: i for i in self.train_instances + self.eval_instances}
+        self.by_id = {i.uid: i for i in self.train_instances + self.eval_instances}
         self.sampler = TaskBalancedSampler(self.train_instances, task_weights=cfg.task_weights,
                                            source_weights=cfg.source_weights, seed=self.cfg.seed,
                                            tasks=cfg.tasks or None)
@@ -275,7 +275,7 @@ class Trainer:
         group_iou: list[tuple[float, float]] = []
         while True:
             t = time.perf_counter()
-            scored = self.actors.score(groups, tau, timeout=self.timeout)
+            scored = self.actors.score(groups, self.by_id, tau, timeout=self.timeout)
             timings["reward"] += time.perf_counter() - t
             t = time.perf_counter()
             flat = [s for g in scored for s in g]
@@ -394,7 +394,7 @@ class Trainer:
                                     timeout=self.timeout)
         result = evaluate(self.eval_instances, preds)
         out = {}
-        for k, v in result["overall"].items():
+        for k, v in result["table"].items():
             if isinstance(v, (int, float)) and v is not None:
                 out[prefix + k] = float(v)
         return out

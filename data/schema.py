@@ -64,6 +64,13 @@ class Instance:
     struc_info: Any = None
     rc_box: Optional[tuple[float, list[float]]] = None  # (frame index or time, [x1, y1, x2, y2]) for region captions
     extra: dict[str, Any] = field(default_factory=dict)
+    # The unique key inside the system: ``f"{id}#{qa_type}"``, with ``#2``, ``#3``, ... for further repeats of the
+    # same (id, qa_type) in one file (set by the reader). One clip serves several tasks, so ``id`` repeats.
+    uid: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.uid:
+            self.uid = f"{self.id}#{self.qa_type}"
 
     @property
     def family(self) -> str:

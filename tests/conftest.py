@@ -37,3 +37,26 @@ def examples():
     if not path.exists():  # CI clones with shared/ beside the repo; fall back to the copy in tests/
         path = REPO / "tests" / "fixtures" / "medvidbench_examples.json"
     return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory):
+    """A small synthetic MedVidBench (real MP4s + frame lists + image sets) generated once per session."""
+    from data.synthetic import generate
+
+    out = tmp_path_factory.mktemp("synth")
+    generate(str(out), n_per_task=6, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, synth_dir):
+    """The tiny Qwen2.5-VL (tokenizer trained on the synthetic corpus), saved as an HF folder."""
+    from data.reader import read_instances
+    from learner.tiny_model import build_tiny_model
+
+    corpus = []
+    for f in sorted(synth_dir.glob("*.jsonl")):
+        for inst in read_instances(f).instances:
+            corpus += [inst.question] + ([inst.answer] if inst.answer else [])
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", corpus_texts=corpus, seed=0)
