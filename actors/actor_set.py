@@ -18,14 +18,18 @@ from rewards.normalizer import flatten_metrics
 
 class ActorSet:
     def __init__(self, cfg: TrainConfig, knowledge: Optional[dict] = None) -> None:
+        import secrets
+
         from actors.learner_actor import LearnerGroup
         from actors.normalizer_actor import NormalizerActor
         from actors.rollout import RolloutActor
 
         self.cfg = cfg
         self.timeout = cfg.cluster.get_timeout_s
+        # Names the dashboard shows: "<run>-<token>/rollout-0"; the token keeps two jobs on one cluster apart.
+        self.prefix = f"{Path(cfg.run_dir).name}-{secrets.token_hex(2)}/"
         n = cfg.normalizer
-        self.normalizer = NormalizerActor.options(name="normalizer", get_if_exists=False).remote(
+        self.normalizer = NormalizerActor.options(name=self.prefix + "normalizer").remote(
             mode=n.mode, k=n.k, eps=n.eps, min_samples=n.min_samples, table_file=n.table_file,
             sketch_size=n.sketch_size, warm_samples=n.warm_samples, update_first=n.update_first, seed=cfg.seed)
         self.curriculum = None
@@ -33,14 +37,14 @@ class ActorSet:
             from actors.curriculum_actor import CurriculumActor
 
             c = cfg.curriculum
-            self.curriculum = CurriculumActor.options(name="curriculum").remote(
+            self.curriculum = CurriculumActor.options(name=self.prefix + "curriculum").remote(
                 tau0=c.tau0, tau_max=c.tau_max, window=c.window, margin=c.margin, schedule=c.schedule,
                 delta_max=c.delta_max, delta_min=c.delta_min)
         self.judge = None
         if cfg.reward.judge.backend != "none":
             from actors.judge import create_judge_actor
 
-            self.judge = create_judge_actor(cfg.reward.judge, name="judge")
+            self.judge = create_judge_actor(cfg.reward.judge, name=self.prefix + "judge")
         from actors.reward_worker import RewardWorkerPool
 
         self.rewards = RewardWorkerPool(cfg.reward, judge=self.judge, num_workers=cfg.reward.num_workers,
@@ -49,7 +53,7 @@ class ActorSet:
         r, d, m = cfg.rollout, cfg.data, cfg.model
         device = "cuda" if r.num_gpus > 0 else "cpu"
         self.rollouts = [
-            RolloutActor.options(name=f"rollout-{i}", num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(
+            RolloutActor.options(name=f"{self.prefix}rollout-{i}", num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(
                 m.path, backend=r.backend, dtype=m.dtype, device=device, attn_implementation=m.attn_implementation,
                 max_frames=d.max_frames, max_pixels=d.max_pixels, min_pixels=d.min_pixels,
                 video_backend=d.video_backend, knowledge=knowledge,
@@ -153,7 +157,9 @@ class ActorSet:
         if self.curriculum is not None and (path / "curriculum.json").exists():
             ray.get(self.curriculum.load_state_dict.remote(read_json(path / "curriculum.json")),
                     timeout=self.timeout)
-        self.learner.load_checkpoint(str(path / "learner"), version=version)
+        restored = self.learner.load_checkpoint(str(path / "learner"))
+        if restored != version:
+            raise RuntimeError(f"checkpoint {path}: learner state is at version {restored}, driver state at {version}")
         self.push_weights(timeout=self.timeout)
 
     def shutdown(self) -> None:
