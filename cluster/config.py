@@ -160,6 +160,7 @@ class StageConfig:
     steps: int = bounded(10, 0)
     tasks: list[str] = _list()  # empty: data.tasks
     lr: Optional[float] = None  # empty: learner.lr
+    prompts_per_step: Optional[int] = None  # empty: data.prompts_per_step
 
 
 @dataclass

@@ -86,6 +86,7 @@ class Trainer:
         self.stage_index = 0
         self.stage_step = 0
         self.weight_version = 0
+        self._resume_pending: list[Instance] = []
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.keep_checkpoints)
         self._load_data()
         self._start_actors()
@@ -149,13 +150,16 @@ class Trainer:
             return self.ckpt.latest_valid()
         return Path(self.cfg.resume)
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self, pending: Any = None) -> Path:
+        """``pending``: an async look-ahead in flight; its prompts are saved so a resumed run generates them again
+        (the sampler has already moved past them) — with the restored weights, so that one step is on-policy."""
         tmp = self.ckpt.begin(self.global_step)
         self.actors.save_state(tmp)
         write_json(tmp / "driver_state.json", {
             "global_step": self.global_step, "stage_index": self.stage_index, "stage_step": self.stage_step,
             "weight_version": self.weight_version, "sampler": self.sampler.state_dict(),
             "mlflow_run_id": self.tracker.run_id,
+            "pending_prompts": [p.uid for p in pending[0]] if pending is not None else [],
             "rng": {"python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
                     "numpy": np.random.get_state()[1].tolist(), "numpy_pos": int(np.random.get_state()[2]),
                     "torch": torch.get_rng_state().tolist()},
@@ -170,6 +174,7 @@ class Trainer:
         self.stage_index = state["stage_index"]
         self.stage_step = state["stage_step"]
         self.weight_version = state["weight_version"]
+        self._resume_pending = [self.by_id[u] for u in state.get("pending_prompts", [])]
         self.sampler.load_state_dict(state["sampler"])
         rng = state["rng"]
         random.setstate((3, tuple(rng["python"]), rng["python_pos"]))
@@ -190,12 +195,18 @@ class Trainer:
                 lr = stage.lr if stage.lr is not None else self.cfg.learner.lr
                 self.actors.set_lr(lr)
                 pending = None
+                if self._resume_pending:  # the look-ahead prompts a checkpoint recorded
+                    pending = self.actors.submit_rollouts(self._resume_pending,
+                                                          seed=self._rollout_seed(self.global_step))
+                    self._resume_pending = []
                 while self.stage_step < stage.steps:
                     t0 = time.perf_counter()
+                    batch = stage.prompts_per_step or self.cfg.data.prompts_per_step
                     if stage.kind == "sft":
-                        metrics = self.sft_step()
+                        metrics = self.sft_step(batch)
                     else:
-                        metrics, pending = self.grpo_step(pending)
+                        lookahead = self.stage_step + 1 < stage.steps  # never past the stage's end
+                        metrics, pending = self.grpo_step(pending, batch, lookahead)
                     self.global_step += 1
                     self.stage_step += 1
                     metrics["time/step_s"] = time.perf_counter() - t0
@@ -208,9 +219,7 @@ class Trainer:
                     if self.cfg.eval_every and self.global_step % self.cfg.eval_every == 0:
                         self.tracker.log_metrics(self.evaluate(prefix="eval/"), step=self.global_step)
                     if self.cfg.checkpoint_every and self.global_step % self.cfg.checkpoint_every == 0:
-                        self.save_checkpoint()
-                if pending is not None:  # an async look-ahead rollout past the stage end is returned unused
-                    self._discard(pending)
+                        self.save_checkpoint(pending)
                 self.stage_index += 1
                 self.stage_step = 0
             self.tracker.finish()
@@ -222,8 +231,8 @@ class Trainer:
         return last
 
     # -- SFT -----------------------------------------------------------------------------------------------
-    def sft_step(self) -> dict[str, float]:
-        prompts = self.sampler.next_batch(self.cfg.data.prompts_per_step)
+    def sft_step(self, batch: int) -> dict[str, float]:
+        prompts = self.sampler.next_batch(batch)
         with_answer = [p for p in prompts if p.answer]
         examples, failures = self.actors.encode_sft(with_answer, timeout=self.timeout)
         metrics = self.actors.learner.sft_step(examples)
@@ -238,23 +247,20 @@ class Trainer:
     def _sample_prompts(self, n: int) -> list[Instance]:
         return self.sampler.next_batch(n)
 
-    def _discard(self, pending: Any) -> None:
-        try:
-            self.actors.collect_rollouts(pending, timeout=self.timeout)
-        except Exception:  # noqa: BLE001 - the look-ahead is thrown away anyway
-            pass
+    def _rollout_seed(self, step: int) -> int:
+        """Sampling seed of the rollouts consumed at ``step`` (the same whether generated ahead or not)."""
+        return self.cfg.seed * 1_000_003 + step * 1009
 
-    def grpo_step(self, pending: Any) -> tuple[dict[str, float], Any]:
+    def grpo_step(self, pending: Any, target: int, lookahead: bool = False) -> tuple[dict[str, float], Any]:
         cfg = self.cfg
         acct = StepAccounting()
         timings: Counter = Counter()
         tau = self.actors.tau()
-        target = cfg.data.prompts_per_step
         kept: list[PromptGroup] = []
         kept_rewards: list[list[float]] = []
         samples_log: list[dict] = []
         metrics: dict[str, float] = {}
-        seed_base = cfg.seed * 1_000_003 + self.global_step * 1009
+        seed_base = self._rollout_seed(self.global_step)
 
         t = time.perf_counter()
         if pending is None:
@@ -267,9 +273,9 @@ class Trainer:
             acct.drop(f.reason)
 
         next_pending = None
-        if cfg.rollout.max_staleness > 0:  # async: the next step's rollouts run while this step trains
+        if cfg.rollout.max_staleness > 0 and lookahead:  # async: the next step's rollouts run while this step trains
             next_pending = self.actors.submit_rollouts(self._sample_prompts(target),
-                                                       seed=seed_base + 1009 * 1000)
+                                                       seed=self._rollout_seed(self.global_step + 1))
         rounds = 0
         all_samples: list[SampleReward] = []
         group_iou: list[tuple[float, float]] = []
