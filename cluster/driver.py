@@ -112,8 +112,13 @@ class Trainer:
         cfg = self.cfg.data
         self.train_instances: list[Instance] = []
         self.data_skipped: Counter = Counter()
-        for f in cfg.train_files:
+        seen: set[str] = set()
+        for k, f in enumerate(cfg.train_files):
             res = read_instances(f, data_roots=cfg.data_roots or None)
+            for inst in res.instances:  # a uid is unique within its file; keep it unique across files
+                if inst.uid in seen:
+                    inst.uid = f"{inst.uid}@{k}"
+                seen.add(inst.uid)
             self.train_instances += res.instances
             self.data_skipped.update(res.counts_by_reason)
         if self.data_skipped:
@@ -127,7 +132,7 @@ class Trainer:
         if cfg.tasks:
             self.eval_instances = [i for i in self.eval_instances if i.qa_type in cfg.tasks]
         self.eval_instances = self.eval_instances[: cfg.eval_max_samples]
-        self.by_id = {i.uid: i for i in self.train_instances + self.eval_instances}
+        self.by_id = {i.uid: i for i in self.train_instances}
         self.sampler = TaskBalancedSampler(self.train_instances, task_weights=cfg.task_weights,
                                            source_weights=cfg.source_weights, seed=self.cfg.seed,
                                            tasks=cfg.tasks or None)

@@ -1,11 +1,12 @@
 """Instances <-> Parquet (pyarrow): the columnar form of a dataset for fast, typed loading at scale.
 
-One row per ``Instance``, one column per field. ``struc_info``, ``rc_box`` and ``extra`` hold arbitrary JSON
-and are stored as JSON strings (null ``struc_info``/``rc_box`` stay null); ``video`` is ``list<string>`` with
-``video_is_file`` telling one video file (a one-element list) from a frame list. ``read_parquet`` returns
-Instances equal to the ones written (JSON-compatible ``extra``/``struc_info`` values assumed: a tuple comes back
-as a list). ``data.reader.read_instances`` reads these files too, with the reader's validation and media-path
-confinement; ``read_parquet`` trusts the file (it is meant for files this module wrote).
+One row per ``Instance``, one column per field (``uid`` included, so the unique key survives the round trip; a
+file without the column reads back with the default ``id#qa_type``). ``struc_info``, ``rc_box`` and ``extra`` hold
+arbitrary JSON and are stored as JSON strings (null ``struc_info``/``rc_box`` stay null); ``video`` is
+``list<string>`` with ``video_is_file`` telling one video file (a one-element list) from a frame list.
+``read_parquet`` returns Instances equal to the ones written (JSON-compatible ``extra``/``struc_info`` values
+assumed: a tuple comes back as a list). ``data.reader.read_instances`` reads these files too, with the reader's
+validation and media-path confinement; ``read_parquet`` trusts the file (it is meant for files this module wrote).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from data.reader import BadRow, DataFileError
 from data.schema import Instance
 
 PathLike = Union[str, "os.PathLike[str]"]
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: the uid column
 SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
@@ -40,6 +41,7 @@ SCHEMA = pa.schema(
         pa.field("struc_info", pa.string()),  # JSON
         pa.field("rc_box", pa.string()),  # JSON [frame, [x1, y1, x2, y2]]
         pa.field("extra", pa.string(), nullable=False),  # JSON object
+        pa.field("uid", pa.string()),
     ],
     metadata={b"medgrpo.format": b"instances", b"medgrpo.version": FORMAT_VERSION.encode()},
 )
@@ -72,6 +74,7 @@ def instances_to_table(instances: Iterable[Instance]) -> pa.Table:
             cols["struc_info"].append(None if inst.struc_info is None else _dumps(inst.struc_info))
             cols["rc_box"].append(None if inst.rc_box is None else _dumps([inst.rc_box[0], list(inst.rc_box[1])]))
             cols["extra"].append(_dumps(inst.extra or {}))
+            cols["uid"].append(inst.uid or None)
         except (TypeError, ValueError) as e:
             raise TypeError(f"instance {inst.id!r} cannot be stored in Parquet: {e}") from None
     try:

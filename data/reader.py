@@ -20,10 +20,19 @@ source; ``end_frame`` is inclusive. A frame list holds the frames ``start_frame,
 Security: every media path (video, frames, image, RC frame) is resolved (``..`` and symlinks included) and must
 lie inside one of ``data_roots`` (default: the data file's folder); otherwise the row is skipped with reason
 ``path_outside_roots``. Relative paths resolve against the data file's folder. Paths are stored resolved.
+``require_media=False`` (for callers that never open media, such as evaluation) lifts both media rules: paths
+are still resolved but not confined, and a row without ``video``/``image`` is accepted.
 
 Bad rows never crash the read and are never dropped silently: each becomes an entry of ``ReadResult.skipped``
 with a reason code from ``REASONS`` (``len(instances) + len(skipped) == rows_seen``). A file that cannot be read
 at all raises ``DataFileError``.
+
+Unique keys: one clip serves several tasks (and may serve one task twice), so ``Instance.id`` repeats. Every
+instance gets ``Instance.uid`` = ``f"{id}#{qa_type}"``, with ``#2``, ``#3``, ... for further repeats of the same
+(id, qa_type) in file order (``UidAllocator``). A skipped row whose id and qa_type were already known (say, a
+media path outside the roots) still takes its slot, so the numbering matches a predictions file that lists every
+row of the file (``data.predictions`` numbers its entries the same way). An Instance-form row's stored ``uid``
+(Parquet written by ``data.parquet``) is kept when it has the rule's shape for the row and is not taken yet.
 """
 from __future__ import annotations
 
@@ -31,6 +40,7 @@ import json
 import math
 import os
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
@@ -111,12 +121,72 @@ class ReadResult:
 
 
 class RowError(ValueError):
-    """An unusable row: ``reason`` is one of ``REASONS``, ``detail`` says what was wrong."""
+    """An unusable row: ``reason`` is one of ``REASONS``, ``detail`` says what was wrong; ``key`` is the row's
+    (id, qa_type) when it was known before the row failed (the row then still takes its uid slot)."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.key: Optional[tuple[str, str]] = None
+
+
+@contextmanager
+def _keyed(iid: str, qa_type: str) -> Iterator[None]:
+    """Tag a ``RowError`` raised inside with the row's (id, qa_type)."""
+    try:
+        yield
+    except RowError as e:
+        e.key = (iid, qa_type)
+        raise
+
+
+# -- unique instance keys --------------------------------------------------------------------------------------
+def instance_uid(iid: str, qa_type: str, n: int = 1) -> str:
+    """The uid of the ``n``-th (1-based) occurrence of (id, qa_type) in a file: ``id#qa_type``, then ``…#n``."""
+    base = f"{iid}#{qa_type}"
+    return base if n <= 1 else f"{base}#{n}"
+
+
+def _rule_index(uid: str, iid: str, qa_type: str) -> Optional[int]:
+    """``n`` when ``uid == instance_uid(iid, qa_type, n)``, else None."""
+    base = f"{iid}#{qa_type}"
+    if uid == base:
+        return 1
+    rest = uid[len(base) + 1:] if uid.startswith(base + "#") else ""
+    if rest.isascii() and rest.isdigit() and not rest.startswith("0") and int(rest) >= 2:
+        return int(rest)
+    return None
+
+
+class UidAllocator:
+    """Hands out ``Instance.uid`` values by the rule, in call (file) order, each unique among its results.
+
+    ``next(id, qa_type)`` gives ``id#qa_type`` for the first occurrence, then ``id#qa_type#2``, ``#3``, ...; a
+    value already handed out (a claimed stored uid, or a clash made by a ``#`` inside an id) is passed over.
+    ``assign(id, qa_type, stored)`` keeps ``stored`` when it has the rule's shape for (id, qa_type) and is free.
+    ``data.predictions`` numbers prediction entries with the same class, so both sides agree.
+    """
+
+    def __init__(self) -> None:
+        self._count: dict[tuple[str, str], int] = {}
+        self._used: set[str] = set()
+
+    def next(self, iid: str, qa_type: str) -> str:
+        n = self._count.get((iid, qa_type), 0) + 1
+        uid = instance_uid(iid, qa_type, n)
+        while uid in self._used:
+            n += 1
+            uid = instance_uid(iid, qa_type, n)
+        self._count[(iid, qa_type)] = n
+        self._used.add(uid)
+        return uid
+
+    def assign(self, iid: str, qa_type: str, stored: Any = None) -> str:
+        if isinstance(stored, str) and stored not in self._used and _rule_index(stored, iid, qa_type) is not None:
+            self._used.add(stored)
+            return stored
+        return self.next(iid, qa_type)
 
 
 # -- path confinement ------------------------------------------------------------------------------------------
@@ -126,8 +196,10 @@ class PathGuard:
     ``resolve`` caches the real path of each parent folder, so a frame list costs one ``lstat`` per frame.
     """
 
-    def __init__(self, base_dir: PathLike, roots: Optional[Sequence[PathLike]] = None) -> None:
+    def __init__(self, base_dir: PathLike, roots: Optional[Sequence[PathLike]] = None, *,
+                 require_media: bool = True) -> None:
         self.base_dir = os.path.abspath(os.fspath(base_dir))
+        self.require_media = require_media  # False: no confinement and media may be absent (see module docstring)
         chosen = [os.fspath(r) for r in roots] if roots else [self.base_dir]
         self.roots = tuple(os.path.realpath(os.path.abspath(r)) for r in chosen)
         self._parents: dict[str, str] = {}
@@ -158,7 +230,7 @@ class PathGuard:
             raise RowError(BAD_MEDIA, f"{what} contains a NUL byte")
         full = path if os.path.isabs(path) else os.path.join(self.base_dir, path)
         real = self._realpath(full)  # not abspath(): a lexical ".." would bypass a symlinked folder
-        if not self.inside(real):
+        if self.require_media and not self.inside(real):
             raise RowError(PATH_OUTSIDE_ROOTS,
                         f"{what} {path!r} resolves to {real}, outside the data roots {list(self.roots)}")
         return real
@@ -412,28 +484,39 @@ def _from_medvidbench(row: dict[str, Any], guard: PathGuard, fallback_id: str) -
         raise RowError(BAD_FIELD_TYPE, f"metadata.video_id must be a string, got {_short(video_id_raw)}")
     video_id = "" if video_id_raw is None else str(video_id_raw)
 
-    video: Any = None
-    image: Optional[str] = None
-    if row.get("video") is not None:
-        video = _video(row["video"], guard)
-    if row.get("image") is not None:
-        image = _image(row["image"], guard)
-    if is_image and image is None:
-        raise RowError(MISSING_MEDIA, f"image task {qa_type} without `image`")
-    if not is_image and video is None:
-        raise RowError(MISSING_MEDIA, f"video task {qa_type} without `video`")
+    rid = row.get("id")
+    if isinstance(rid, (str, int)) and not isinstance(rid, bool) and str(rid).strip():
+        iid = str(rid)
+    elif video_id and not is_image:
+        # The raw metadata text is kept so ids match the authors' (and the leaderboard's) exactly ("1.0" vs 1.0).
+        iid = sample_id(video_id, _id_part(start_raw, start), _id_part(end_raw, end),  # type: ignore[arg-type]
+                        _id_part(fps_raw, fps))
+    else:
+        iid = fallback_id
 
-    rc_box = None
-    rc_info = row.get("RC_info")
-    use_rc = _truthy(row["is_RC"]) if "is_RC" in row else bool(rc_info)
-    if use_rc:
-        if not isinstance(rc_info, dict) or not rc_info:
-            raise RowError(BAD_RC_INFO, f"is_RC is set but RC_info is {_short(rc_info)}")
-        box = _box(rc_info.get("start_frame_bbox"), "RC_info.start_frame_bbox")
-        frame = _rc_frame(rc_info.get("start_frame"), video, start, guard)
-        if video is not None:
-            _check_rc_frame(frame, video, start, end)
-        rc_box = (frame, box)
+    with _keyed(iid, qa_type):  # from here on a skipped row still takes its uid slot (see read_instances)
+        video: Any = None
+        image: Optional[str] = None
+        if row.get("video") is not None:
+            video = _video(row["video"], guard)
+        if row.get("image") is not None:
+            image = _image(row["image"], guard)
+        if guard.require_media and is_image and image is None:
+            raise RowError(MISSING_MEDIA, f"image task {qa_type} without `image`")
+        if guard.require_media and not is_image and video is None:
+            raise RowError(MISSING_MEDIA, f"video task {qa_type} without `video`")
+
+        rc_box = None
+        rc_info = row.get("RC_info")
+        use_rc = _truthy(row["is_RC"]) if "is_RC" in row else bool(rc_info)
+        if use_rc:
+            if not isinstance(rc_info, dict) or not rc_info:
+                raise RowError(BAD_RC_INFO, f"is_RC is set but RC_info is {_short(rc_info)}")
+            box = _box(rc_info.get("start_frame_bbox"), "RC_info.start_frame_bbox")
+            frame = _rc_frame(rc_info.get("start_frame"), video, start, guard)
+            if video is not None:
+                _check_rc_frame(frame, video, start, end)
+            rc_box = (frame, box)
 
     struc_info = row.get("struc_info")
     if row.get("gnd") is not None:
@@ -445,16 +528,6 @@ def _from_medvidbench(row: dict[str, Any], guard: PathGuard, fallback_id: str) -
     for k, v in row.items():
         if k not in _RAW_KNOWN_KEYS:
             extra[k] = v
-
-    rid = row.get("id")
-    if isinstance(rid, (str, int)) and not isinstance(rid, bool) and str(rid).strip():
-        iid = str(rid)
-    elif video_id and not is_image:
-        # The raw metadata text is kept so ids match the authors' (and the leaderboard's) exactly ("1.0" vs 1.0).
-        iid = sample_id(video_id, _id_part(start_raw, start), _id_part(end_raw, end),  # type: ignore[arg-type]
-                        _id_part(fps_raw, fps))
-    else:
-        iid = fallback_id
     return Instance(id=iid, qa_type=qa_type, data_source=data_source, question=question, answer=answer,
                     video=video, image=image, fps=fps, start_frame=start, end_frame=end, video_id=video_id,
                     struc_info=struc_info, rc_box=rc_box, extra=extra)
@@ -494,9 +567,9 @@ def _from_instance_form(row: dict[str, Any], guard: PathGuard, fallback_id: str)
     video = _video(row["video"], guard) if row.get("video") is not None else None
     image = _image(row["image"], guard) if row.get("image") is not None else None
     is_image = qa_type in IMAGE_QA_TYPES
-    if is_image and image is None:
+    if guard.require_media and is_image and image is None:
         raise RowError(MISSING_MEDIA, f"image task {qa_type} without `image`")
-    if not is_image and video is None:
+    if guard.require_media and not is_image and video is None:
         raise RowError(MISSING_MEDIA, f"video task {qa_type} without `video`")
     rc_box = None
     if row.get("rc_box") is not None:
@@ -605,10 +678,13 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[Where, Any]]:
                 yield lineno, BadRow(f"invalid JSON at column {e.colno}: {e.msg}")
 
 
-def read_instances(path: PathLike, data_roots: Optional[Sequence[PathLike]] = None) -> ReadResult:
+def read_instances(path: PathLike, data_roots: Optional[Sequence[PathLike]] = None, *,
+                   require_media: bool = True) -> ReadResult:
     """Read a JSON list, JSONL or Parquet file of MedVidBench rows; see the module docstring.
 
     ``data_roots``: folders every media path must resolve into (default: the data file's folder).
+    ``require_media=False``: media are neither confined to the roots nor required (readers that never open them).
+    Every instance's ``uid`` is set (module docstring, "Unique keys").
     Raises ``DataFileError`` when the file cannot be read at all.
     """
     p = Path(os.fspath(path))
@@ -619,14 +695,14 @@ def read_instances(path: PathLike, data_roots: Optional[Sequence[PathLike]] = No
     if not os.access(p, os.R_OK):
         raise DataFileError(f"{p}: permission denied")
     try:
-        return _read(p, data_roots)
+        return _read(p, data_roots, require_media)
     except OSError as e:  # an I/O error mid-file: the file as a whole cannot be read
         raise DataFileError(f"{p}: read failed ({e.strerror or e})") from None
 
 
-def _read(p: Path, data_roots: Optional[Sequence[PathLike]]) -> ReadResult:
+def _read(p: Path, data_roots: Optional[Sequence[PathLike]], require_media: bool = True) -> ReadResult:
     fmt = detect_format(p)
-    guard = PathGuard(p.parent, data_roots)
+    guard = PathGuard(p.parent, data_roots, require_media=require_media)
     rows: Iterator[tuple[Where, Any]]
     if fmt == "parquet":
         from data.parquet import iter_parquet_rows
@@ -637,6 +713,7 @@ def _read(p: Path, data_roots: Optional[Sequence[PathLike]]) -> ReadResult:
     else:
         kind, rows = _json_rows(p)
     result = ReadResult(path=str(p), where_kind=kind)
+    uids = UidAllocator()
     for where, row in rows:
         result.rows_seen += 1
         if isinstance(row, BadRow):
@@ -644,8 +721,35 @@ def _read(p: Path, data_roots: Optional[Sequence[PathLike]]) -> ReadResult:
             result.details.append(row.detail)
             continue
         try:
-            result.instances.append(parse_row(row, guard, fallback_id=f"{p.stem}#{where}"))
+            inst = parse_row(row, guard, fallback_id=f"{p.stem}#{where}")
         except RowError as e:
             result.skipped.append((where, e.reason))
             result.details.append(e.detail)
+            key = e.key or _explicit_key(row)
+            if key is not None:  # the skipped row keeps its slot: later repeats are numbered as in the file
+                uids.assign(*key, _stored_uid(row))
+            continue
+        inst.uid = uids.assign(inst.id, inst.qa_type, _stored_uid(row))
+        result.instances.append(inst)
     return result
+
+
+def _explicit_key(row: Any) -> Optional[tuple[str, str]]:
+    """(id, qa_type) of a row that names both explicitly (a valid qa_type), else None."""
+    if not isinstance(row, dict):
+        return None
+    rid = row.get("id")
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not str(rid).strip():
+        return None
+    try:
+        return str(rid), _qa_type(row)
+    except RowError:
+        return None
+
+
+def _stored_uid(row: Any) -> Optional[str]:
+    """The ``uid`` an Instance-form row carries (what ``data.parquet`` writes), else None."""
+    if isinstance(row, dict) and "conversations" not in row and "question" in row:
+        uid = row.get("uid")
+        return uid if isinstance(uid, str) and uid else None
+    return None

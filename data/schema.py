@@ -64,8 +64,10 @@ class Instance:
     struc_info: Any = None
     rc_box: Optional[tuple[float, list[float]]] = None  # (frame index or time, [x1, y1, x2, y2]) for region captions
     extra: dict[str, Any] = field(default_factory=dict)
-    # The unique key inside the system: ``f"{id}#{qa_type}"``, with ``#2``, ``#3``, ... for further repeats of the
-    # same (id, qa_type) in one file (set by the reader). One clip serves several tasks, so ``id`` repeats.
+    # The unique key inside the system (driver, actors, predictions, leaderboard): ``f"{id}#{qa_type}"``, with
+    # ``#2``, ``#3``, ... for further repeats of the same (id, qa_type) in one file, in file order. One clip serves
+    # several tasks, so ``id`` repeats. ``data.reader.read_instances`` sets it for every instance
+    # (``data.reader.UidAllocator``); an Instance built directly defaults to ``f"{id}#{qa_type}"``.
     uid: str = ""
 
     def __post_init__(self) -> None:

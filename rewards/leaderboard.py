@@ -6,6 +6,12 @@ plus ``vqa_acc, box_miou, cls_acc`` when image references are present and ``dvc_
 ``similarity_fn`` is given. Rule columns use the lenient parsers without the format gate (``task_scores.score``
 with ``format_gate=False``); ``*_llm`` columns are mean judge scores on the 1–5 scale.
 
+Matching: each reference takes ``predictions[ref.uid]`` (``data.reader`` and ``data.predictions`` key by the
+same uid rule, so one clip's several tasks, and repeats within one task, each find their own prediction), else
+``predictions[ref.id]`` when no other reference shares that id (callers with id-keyed predictions and unique
+ids). An id-keyed prediction whose id several references share is used by none of them: they count as missing
+and under ``ambiguous_id``.
+
 Counting rules: a reference with no prediction (or a non-text one) scores 0 in each of its columns, LLM ones
 included, and is counted in ``missing_predictions``; a prediction that does not parse scores 0 and is counted
 under ``parse_failures`` by reason; a reference whose own ground truth is unusable (``gt_*``) or whose
@@ -67,7 +73,8 @@ def _call(fn: Callable[..., Sequence[Optional[float]]], name: str, pairs: list[t
 
 def evaluate(references: Sequence[Instance], predictions: Mapping[str, str], *,
              judge_fn: Optional[JudgeFn] = None, similarity_fn: Optional[SimilarityFn] = None) -> dict[str, Any]:
-    """Score ``predictions`` (reference id -> text) against ``references`` (module docstring for the rules).
+    """Score ``predictions`` (reference uid, or id, -> text) against ``references`` (module docstring for the
+    matching and counting rules).
 
     ``judge_fn(pairs)`` gets ``[(reference, candidate), ...]`` and returns one 1–5 score or None per pair;
     ``similarity_fn`` the same with cosine similarities in [-1, 1]. Returns ``{"table", "by_source", "counts",
@@ -85,17 +92,27 @@ def evaluate(references: Sequence[Instance], predictions: Mapping[str, str], *,
     ref_errors: Counter[str] = Counter()
     judge_missing: Counter[str] = Counter()
     sim_missing: Counter[str] = Counter()
-    unknown_qa_type = missing = 0
-    seen_ids: Counter[str] = Counter()
+    unknown_qa_type = missing = ambiguous_id = 0
+    ids = Counter(ref.id for ref in references)
+    uids = Counter(ref.uid for ref in references)
+    used: set[str] = set()
     queue: list[tuple[str, str, str, str]] = []  # (family, source, reference, candidate)
 
     for ref in references:
-        seen_ids[ref.id] += 1
+        pred: Any = None
+        if ref.uid in predictions:
+            pred = predictions[ref.uid]
+            used.add(ref.uid)
+        elif ref.id in predictions:
+            if ids[ref.id] == 1:
+                pred = predictions[ref.id]
+                used.add(ref.id)
+            else:
+                ambiguous_id += 1
         fam = P.family_of(ref)
         if fam is None or (fam not in _RULE_COLUMNS and fam not in _LLM_COLUMN):
             unknown_qa_type += 1
             continue
-        pred = predictions.get(ref.id)
         has_pred = isinstance(pred, str)
         ts = score(ref, pred if has_pred else "", format_gate=False)
         if ts.reason is not None and ts.reason.startswith("gt_"):
@@ -152,8 +169,10 @@ def evaluate(references: Sequence[Instance], predictions: Mapping[str, str], *,
         "n_by_source": {s: {c: mean(c, s)[1] for c in columns} for s in sources},
         "missing_predictions": missing,
         "missing_by_column": {c: missing_by_col[c] for c in columns if missing_by_col[c]},
-        "unmatched_predictions": sum(1 for pid in predictions if pid not in seen_ids),
-        "duplicate_reference_ids": sum(n - 1 for n in seen_ids.values() if n > 1),
+        "unmatched_predictions": sum(1 for key in predictions if key not in used),
+        "ambiguous_id": ambiguous_id,
+        "duplicate_reference_ids": sum(n - 1 for n in ids.values() if n > 1),  # normal: one clip, several tasks
+        "duplicate_reference_uids": sum(n - 1 for n in uids.values() if n > 1),  # 0 unless built by hand
         "unknown_qa_type": unknown_qa_type,
         "parse_failures": dict(parse_failures),
         "parse_failures_by_task": {f: dict(c) for f, c in failures_by_task.items()},
@@ -193,6 +212,9 @@ def format_table(result: Mapping[str, Any]) -> str:
                  f"missing predictions {counts.get('missing_predictions', 0)}, "
                  f"unmatched predictions {counts.get('unmatched_predictions', 0)}, "
                  f"unknown qa_type {counts.get('unknown_qa_type', 0)}")
+    if counts.get("ambiguous_id"):
+        lines.append(f"references whose id-keyed prediction is ambiguous (id shared by several references): "
+                     f"{counts['ambiguous_id']}")
     for key, label in (("parse_failures", "parse failures"), ("reference_errors", "reference errors"),
                        ("judge_missing", "judge missing"), ("similarity_missing", "similarity missing")):
         d = counts.get(key) or {}

@@ -884,16 +884,31 @@ def gt_stg_boxes(inst: Instance) -> Parsed[dict[float, Box]]:
 
 
 _CAPTION_KEYS = ("caption", "description", "sentence", "text", "event")
+_EVENT_LIST_KEYS = ("events", "dc_segments")
+_MAX_DEPTH = 4  # how deep the struc_info wrappers below are followed (lists of lists of dicts, ...)
+
+
+def _event_items(x: Any, depth: int = 0) -> list[Mapping[str, Any]]:
+    """The event-like dicts of a struc_info value: a list of events, a list holding such lists (``[[…]]``), dicts
+    holding them under ``events``/``dc_segments`` (``[{"dc_segments": […]}]``), or one event dict."""
+    if depth > _MAX_DEPTH:
+        return []
+    if isinstance(x, Mapping):
+        for k in _EVENT_LIST_KEYS:
+            if isinstance(x.get(k), (list, tuple)):
+                return _event_items(x[k], depth + 1)
+        return [x]
+    if isinstance(x, (list, tuple)):
+        return [it for item in x for it in _event_items(item, depth + 1)]
+    return []
 
 
 def gt_events(inst: Instance) -> Parsed[list[Event]]:
-    """DVC ground truth: struc_info list of {start, end (or segment/timestamp [s, e]), caption}, else the answer."""
+    """DVC ground truth: the events {start, end (or segment/timestamp [s, e]), caption} of struc_info — a list of
+    them, ``[[events]]``, ``[{"dc_segments": events}]`` or ``{"events": events}`` — else the answer text."""
     for s in _structured(inst):
-        items = s if isinstance(s, list) else s.get("events", []) if isinstance(s, Mapping) else []
         events = []
-        for it in items if isinstance(items, list) else []:
-            if not isinstance(it, Mapping):
-                continue
+        for it in _event_items(s):
             seg = _pair(it) or next((_pair(it[k]) for k in ("segment", "timestamp", "span", "time")
                                      if k in it and _pair(it[k])), None)
             cap = next((it[k] for k in _CAPTION_KEYS if isinstance(it.get(k), str)), "")
@@ -904,59 +919,160 @@ def gt_events(inst: Instance) -> Parsed[list[Event]]:
     return _from_text(inst, parse_events)
 
 
+_CVS_WRAPPERS = ("cvs_scores", "cvs", "scores")
+
+
+def _cvs_value(x: Any, depth: int = 0) -> Optional[CvsScores]:
+    """CVS scores from a struc_info value: a dict keyed by the criteria (structure/plate/triangle), such a dict
+    under ``cvs_scores``/``cvs``/``scores``, three bare scores in answer order, or a list holding one of these."""
+    if depth > _MAX_DEPTH:
+        return None
+    if isinstance(x, Mapping):
+        vals: dict[str, Optional[int]] = {}
+        for k, v in x.items():
+            kl = normalize_label(k)
+            crit = ("two_structures" if "structure" in kl else "cystic_plate" if "plate" in kl
+                    else "hepatocystic_triangle" if "triangle" in kl else None)
+            if crit:
+                vals[crit] = _int_in(_to_float(v), 0, 2)
+        if len(vals) == 3 and all(v is not None for v in vals.values()):
+            return CvsScores(*(vals[k] for k in CVS_CRITERIA))  # type: ignore[arg-type]
+        for k in _CVS_WRAPPERS:
+            if k in x:
+                got = _cvs_value(x[k], depth + 1)
+                if got is not None:
+                    return got
+        return None
+    if isinstance(x, (list, tuple)):
+        if len(x) == 3 and not any(isinstance(v, (Mapping, list, tuple)) for v in x):
+            nums = [_int_in(_to_float(v), 0, 2) for v in x]
+            return CvsScores(*nums) if all(v is not None for v in nums) else None  # type: ignore[arg-type]
+        for item in x:
+            got = _cvs_value(item, depth + 1)
+            if got is not None:
+                return got
+    return None
+
+
 def gt_cvs(inst: Instance) -> Parsed[CvsScores]:
-    """CVS ground truth: a struc_info dict whose keys name the criteria (structure/plate/triangle), else the answer."""
+    """CVS ground truth: struc_info (``[{"cvs_scores": {criterion: 0-2}}]``, a dict keyed by the criteria, or the
+    other shapes of ``_cvs_value``), else the answer text."""
     for s in _structured(inst):
-        if isinstance(s, Mapping):
-            vals: dict[str, Optional[int]] = {}
-            for k, v in s.items():
-                kl = normalize_label(k)
-                crit = ("two_structures" if "structure" in kl else "cystic_plate" if "plate" in kl
-                        else "hepatocystic_triangle" if "triangle" in kl else None)
-                if crit:
-                    vals[crit] = _int_in(_to_float(v), 0, 2)
-            if len(vals) == 3 and all(v is not None for v in vals.values()):
-                return _ok(CvsScores(*(vals[k] for k in CVS_CRITERIA)))  # type: ignore[arg-type]
+        got = _cvs_value(s)
+        if got is not None:
+            return _ok(got)
     return _from_text(inst, parse_cvs)
 
 
+_SKILL_WRAPPERS = ("skill_scores", "scores", "grs")
+_SKILL_LEVEL_KEYS = ("skill_level", "level")
+_SKILL_LEVELS = {"n": "novice", "novice": "novice", "i": "intermediate", "intermediate": "intermediate",
+                 "e": "expert", "expert": "expert"}
+# A score whose level (rewards.metrics.skill_level: mean <= 2 novice, <= 3.5 intermediate, else expert) is the level.
+_LEVEL_SCORE = {"novice": 2.0, "intermediate": 3.0, "expert": 4.0}
+
+
+def _skill_value(x: Any, depth: int = 0) -> Optional[dict[str, float]]:
+    """The six aspect scores from a struc_info value: a dict keyed by aspect names, such a dict under
+    ``skill_scores``/``scores``/``grs``, or a list holding one of these."""
+    if depth > _MAX_DEPTH:
+        return None
+    if isinstance(x, Mapping):
+        vals: dict[str, float] = {}
+        for k, v in x.items():
+            if not isinstance(k, str):
+                continue
+            fv = _to_float(v)
+            name = normalize_label(k).replace("suture needle", "suture/needle")
+            for aspect, rx in _SA_KEYS.items():
+                if fv is not None and 1.0 <= fv <= 5.0 and re.fullmatch(rx, name, re.I):
+                    vals[aspect] = fv
+        if len(vals) == len(SKILL_ASPECTS):
+            return {k: vals[k] for k in SKILL_ASPECTS}
+        for k in _SKILL_WRAPPERS:
+            if k in x:
+                got = _skill_value(x[k], depth + 1)
+                if got is not None:
+                    return got
+        return None
+    if isinstance(x, (list, tuple)):
+        for item in x:
+            got = _skill_value(item, depth + 1)
+            if got is not None:
+                return got
+    return None
+
+
+def _skill_level_value(x: Any, depth: int = 0) -> Optional[str]:
+    """``novice``/``intermediate``/``expert`` from a struc_info ``skill_level`` (``N``/``I``/``E`` or the word)."""
+    if depth > _MAX_DEPTH:
+        return None
+    if isinstance(x, Mapping):
+        for k in _SKILL_LEVEL_KEYS:
+            v = x.get(k)
+            if isinstance(v, str) and v.strip().lower() in _SKILL_LEVELS:
+                return _SKILL_LEVELS[v.strip().lower()]
+        return None
+    if isinstance(x, (list, tuple)):
+        for item in x:
+            got = _skill_level_value(item, depth + 1)
+            if got is not None:
+                return got
+    return None
+
+
 def gt_skill(inst: Instance) -> Parsed[dict[str, float]]:
-    """Skill ground truth: a struc_info dict keyed by aspect names, else the answer's six ``Aspect: n/5``."""
-    for s in _structured(inst):
-        if isinstance(s, Mapping):
-            vals: dict[str, float] = {}
-            for k, v in s.items():
-                if not isinstance(k, str):
-                    continue
-                for aspect, rx in _SA_KEYS.items():
-                    fv = _to_float(v)
-                    if re.fullmatch(rx, normalize_label(k).replace("suture needle", "suture/needle"), re.I) \
-                            and fv is not None and 1.0 <= fv <= 5.0:
-                        vals[aspect] = fv
-            if len(vals) == len(SKILL_ASPECTS):
-                return _ok({k: vals[k] for k in SKILL_ASPECTS})
-    return _from_text(inst, parse_skill)
+    """Skill ground truth {aspect: 1-5}: struc_info scores (``[{"skill_level", "skill_scores": {aspect: n}}]`` or a
+    dict keyed by aspect names), else the answer's six ``Aspect: n/5``, else — only a struc_info ``skill_level``
+    known — every aspect at a score of that level (2 novice, 3 intermediate, 4 expert): the metric compares levels
+    of mean scores only, so this scores exactly; the per-aspect values are then not real scores."""
+    structured = _structured(inst)
+    for s in structured:
+        got = _skill_value(s)
+        if got is not None:
+            return _ok(got)
+    from_text = _from_text(inst, parse_skill)
+    if from_text.ok:
+        return from_text
+    for s in structured:
+        level = _skill_level_value(s)
+        if level is not None:
+            return _ok({a: _LEVEL_SCORE[level] for a in SKILL_ASPECTS})
+    return from_text
+
+
+def _mappings(x: Any) -> list[Mapping[str, Any]]:
+    """A struc_info dict itself, or the dicts of a struc_info list (one level: ``[{…}, …]``)."""
+    if isinstance(x, Mapping):
+        return [x]
+    if isinstance(x, (list, tuple)):
+        return [it for it in x if isinstance(it, Mapping)]
+    return []
+
+
+_LABEL_LIST_KEYS = ("classes", "labels", "candidates", "options", "step_list")
 
 
 def labels_for(inst: Instance) -> list[str]:
-    """The label set of a label task: struc_info ``classes``/``labels`` when given, else the question's list."""
-    s = inst.struc_info
-    if isinstance(s, Mapping):
-        for k in ("classes", "labels", "candidates", "options"):
-            v = s.get(k)
+    """The label set of a label task: struc_info ``classes``/``labels``/``candidates``/``options``/``step_list``
+    (in a dict, or a dict of a struc_info list) when given, else the question's list."""
+    for m in _mappings(inst.struc_info):
+        for k in _LABEL_LIST_KEYS:
+            v = m.get(k)
             if isinstance(v, (list, tuple)) and v and all(isinstance(x, str) for x in v):
                 return list(v)
     return labels_from_question(inst.question)
 
 
 def gt_label(inst: Instance) -> Parsed[str]:
-    """NAP / image-class ground truth label: struc_info ``label``/``next_action``/``answer``, else the answer text
-    (mapped onto the offered label it names when there is one)."""
+    """NAP / image-class ground truth label: struc_info ``label``/``next_action``/``answer`` (in a dict, or a dict
+    of a struc_info list such as ``[{"step_list": […], "next_action": …}]``), else the answer text (mapped onto the
+    offered label it names when there is one)."""
     for s in _structured(inst):
-        if isinstance(s, Mapping):
+        for m in _mappings(s):
             for k in ("label", "next_action", "answer", "gt"):
-                if isinstance(s.get(k), str) and s[k].strip():
-                    return _ok(s[k].strip())
+                if isinstance(m.get(k), str) and m[k].strip():
+                    return _ok(m[k].strip())
     labels = labels_for(inst)
     for txt in _fallback_texts(inst):
         if normalize_label(extract_answer(txt)):

@@ -113,3 +113,64 @@ def test_image_columns_appear_with_image_references():
     assert res["table"]["vqa_acc"] == 1.0 and res["table"]["box_miou"] == pytest.approx(1 / 7)
     assert "cls_acc" not in res["table"] and res["table"]["cvs_acc"] is None
     assert "vqa_acc" in format_table(res)
+
+
+# ---------------------------------------------------------------- one clip, several tasks (unique keys end to end)
+
+
+def _clip_row(qa_type: str, answer: str, **over) -> dict:
+    row = {"conversations": [{"from": "human", "value": "<video>\nq"}, {"from": "gpt", "value": answer}],
+           "video": ["f0.jpg", "f1.jpg"], "qa_type": qa_type, "data_source": "AVOS",
+           "metadata": {"fps": "1.0", "video_id": "clip", "input_video_start_frame": "0",
+                        "input_video_end_frame": "30"}}
+    row.update(over)
+    return row
+
+
+def test_one_clip_under_several_tasks_scores_each_prediction(tmp_path):
+    import json
+
+    from data.predictions import read_predictions
+    from data.reader import read_instances
+
+    rows = [_clip_row("tal", "0-10 seconds."),
+            _clip_row("stg", "1.0 seconds: [0, 0, 2, 2]"),
+            _clip_row("region_caption_gpt", "first region caption"),
+            _clip_row("tal", "20-30 seconds."),  # a second TAG query on the same clip
+            _clip_row("region_caption_gpt", "second region caption"),
+            _clip_row("cvs_assessment", "Two structures: 2, Cystic plate: 2, Hepatocystic triangle: 2")]
+    (tmp_path / "refs.json").write_text(json.dumps(rows))
+    refs = read_instances(tmp_path / "refs.json").instances
+    cid = "clip&&0&&30&&1.0"
+    assert len(refs) == 6 and {r.id for r in refs} == {cid} and len({r.uid for r in refs}) == 6
+    # the public leaderboard's submission form, in another order than the references
+    sub = [{"id": cid, "qa_type": "cvs_assessment", "prediction": "Two structures: 2, Cystic plate: 2, "
+                                                                   "Hepatocystic triangle: 2"},
+           {"id": cid, "qa_type": "region_caption_gpt", "prediction": "cand one"},
+           {"id": cid, "qa_type": "tal", "prediction": "0-4 seconds."},
+           {"id": cid, "qa_type": "stg", "prediction": "1.0 seconds: [0, 0, 2, 2]"},
+           {"id": cid, "qa_type": "tal", "prediction": "20-30 seconds."},
+           {"id": cid, "qa_type": "region_caption_gpt", "prediction": "cand two"}]
+    (tmp_path / "sub.json").write_text(json.dumps(sub))
+    preds = read_predictions(tmp_path / "sub.json", refs)
+    assert preds.skipped == [] and len(preds.predictions) == 6
+    right = {("first region caption", "cand one"): 5.0, ("second region caption", "cand two"): 3.0}
+    res = evaluate(refs, preds.predictions, judge_fn=lambda pairs: [right.get(p, 1.0) for p in pairs])
+    t, c = res["table"], res["counts"]
+    # TAG: 0-4 vs 0-10 -> 0.4 and 20-30 vs 20-30 -> 1.0 (crossed over, both would be 0)
+    assert t["tag_miou@0.3"] == pytest.approx((0.4 + 1.0) / 2) and t["tag_miou@0.5"] == pytest.approx(0.5)
+    assert t["stg_miou"] == 1.0 and t["cvs_acc"] == 1.0 and t["rc_llm"] == pytest.approx(4.0)
+    assert c["missing_predictions"] == 0 and c["unmatched_predictions"] == 0 and c["parse_failures"] == {}
+    assert c["duplicate_reference_ids"] == 5 and c["duplicate_reference_uids"] == 0
+    # keyed by id alone, the same predictions cannot be told apart: every reference counts as missing
+    by_id = evaluate(refs, {cid: "0-10 seconds."})
+    assert by_id["counts"]["ambiguous_id"] == 6 and by_id["counts"]["missing_predictions"] == 6
+    assert by_id["table"]["tag_miou@0.3"] == 0.0 and by_id["counts"]["unmatched_predictions"] == 1
+    assert "ambiguous" in format_table(by_id)
+
+
+def test_id_keyed_predictions_still_work_for_unique_ids():
+    refs = [ref("a", "tal", "S", "0-10 seconds."), ref("b", "tal", "S", "0-10 seconds.")]
+    res = evaluate(refs, {"a": "0-10 seconds.", "b#tal": "0-5 seconds.", "b": "ignored: the uid wins"})
+    assert res["table"]["tag_miou@0.3"] == pytest.approx((1.0 + 0.5) / 2)
+    assert res["counts"]["unmatched_predictions"] == 1 and res["counts"]["ambiguous_id"] == 0

@@ -325,3 +325,83 @@ def test_parsers_are_fast_and_safe_on_huge_inputs(text):
     for fam in _FAMILIES:
         P.format_problem(fam, text)
     assert time.perf_counter() - start < 3.0
+
+
+# ---------------------------------------------------------------- ground truth from list-shaped struc_info, no answer
+# (test files have no gpt turn: struc_info is then the only ground truth)
+
+EVENTS = [{"start": 0.5, "end": 3.0, "caption": "grasping: the grasper retracts tissue"},
+          {"start": 3.5, "end": 7.5, "caption": "cutting: scissors cut"}]
+SCORES = {"Respect for tissue": 2, "Suture/needle handling": 2, "Time and motion": 1, "Flow of operation": 1,
+          "Overall performance": 2, "Quality of final product": 3}
+
+
+def test_gt_from_list_shaped_struc_info_without_answer():
+    cvs = inst("cvs_assessment", struc_info=[{"cvs_scores": {"two_structures": 1, "cystic_plate": "0",
+                                                             "hepatocystic_triangle": 2}}])
+    assert cvs.answer is None and P.gt_cvs(cvs).value == (1, 0, 2)
+    assert P.gt_cvs(inst("cvs_assessment", struc_info={"cvs_scores": [2, 2, 1]})).value == (2, 2, 1)
+    assert P.gt_cvs(inst("cvs_assessment", struc_info=[{"cvs_scores": {"two_structures": 3, "cystic_plate": 0,
+                                                                       "hepatocystic_triangle": 0}}])).reason \
+        == "gt_missing"  # 3 is off the 0-2 scale and there is no answer to fall back on
+    sa = P.gt_skill(inst("skill_assessment", struc_info=[{"skill_level": "N", "skill_scores": SCORES}]))
+    assert sa.value == {a: float(SCORES[a]) for a in P.SKILL_ASPECTS}
+    level_only = P.gt_skill(inst("skill_assessment", struc_info=[{"skill_level": "E"}]))
+    assert level_only.value == {a: 4.0 for a in P.SKILL_ASPECTS}
+    mid = P.gt_skill(inst("skill_assessment", struc_info=[{"skill_level": "intermediate"}]))
+    assert mid.value["Time and motion"] == 3.0
+    assert P.gt_skill(inst("skill_assessment", struc_info=[{"skill_level": "Q"}])).reason == "gt_missing"
+    nap = inst("next_action", struc_info=[{"step_list": ["grasping", "cutting", "irrigating"],
+                                           "next_action": "cutting"}])
+    assert P.gt_label(nap).value == "cutting" and P.labels_for(nap) == ["grasping", "cutting", "irrigating"]
+    assert P.gt_label(inst("next_action", struc_info=[{"next_action": " tying "}])).value == "tying"
+    want = [P.Event(0.5, 3.0, "grasping: the grasper retracts tissue"), P.Event(3.5, 7.5, "cutting: scissors cut")]
+    for shape in ([EVENTS], [{"dc_segments": EVENTS}], EVENTS, {"events": EVENTS}, [[EVENTS[0]], [EVENTS[1]]]):
+        assert P.gt_events(inst("dense_captioning_gpt", struc_info=shape)).value == want, shape
+
+
+def test_answer_text_fallback_is_kept_for_empty_or_unusable_struc_info():
+    answer = "Two structures: 2, Cystic plate: 1, Hepatocystic triangle: 0"
+    for si in ([], {}, None, [{"cvs_scores": {}}], [{"other": 1}]):
+        assert P.gt_cvs(inst("cvs_assessment", answer=answer, struc_info=si)).value == (2, 1, 0)
+    text = ", ".join(f"{a}: 5/5" for a in P.SKILL_ASPECTS)
+    # the answer's real scores win over a struc_info level without scores
+    assert P.gt_skill(inst("skill_assessment", answer=text, struc_info=[{"skill_level": "N"}])).value == \
+        {a: 5.0 for a in P.SKILL_ASPECTS}
+    assert P.gt_label(inst("next_action", answer="Tying", struc_info=[{"step_list": ["tying"]}])).value == "tying"
+    ev = P.gt_events(inst("dense_captioning_gpt", answer="1-2 seconds: a", struc_info=[[{"caption": "no times"}]]))
+    assert ev.value == [P.Event(1.0, 2.0, "a")]
+    assert P.gt_events(inst("dense_captioning_gpt", struc_info=[[]])).reason == "gt_missing"
+
+
+def test_gt_from_every_synthetic_struc_shape_matches_the_answer():
+    """Every struc_info shape data/synthetic.py writes (tidy and messy) gives, without the answer, the ground
+    truth the answer text gives without struc_info."""
+    import numpy as np
+
+    from data import synthetic as S
+
+    gt_fns = {"tag": P.gt_segments, "stg": P.gt_stg_boxes, "nap": P.gt_label, "dvc": P.gt_events,
+              "sa": P.gt_skill, "cvs": P.gt_cvs}
+    profile = S.SOURCE_PROFILES["SynthEasy"]
+    checked = set()
+    for level in ("novice", "intermediate", "expert"):
+        spec = S.make_video_spec(f"v-{level}", profile, "train", 0, level)
+        for qa_type, make in S.VIDEO_TASKS.items():
+            fam = P.family_of(inst(qa_type))
+            if fam not in gt_fns:
+                continue
+            task = make(spec, profile, np.random.default_rng(0))
+            from_answer = gt_fns[fam](inst(qa_type, answer=task.answer, question=task.question))
+            assert from_answer.ok, (qa_type, from_answer.reason)
+            shapes = [task.tidy] + [v for kind, v in task.messy if kind == "struc" and v]
+            for shape in shapes:
+                got = gt_fns[fam](inst(qa_type, struc_info=shape, question=task.question))
+                assert got.ok, (qa_type, shape, got.reason)
+                if fam == "dvc":  # captions: the answer's parse strips the header's punctuation
+                    assert [(e.start, e.end) for e in got.value] == [(e.start, e.end) for e in from_answer.value]
+                    assert [e.caption.rstrip(".") for e in got.value] == [e.caption for e in from_answer.value]
+                else:
+                    assert got.value == from_answer.value, (qa_type, shape)
+                checked.add(fam)
+    assert checked == set(gt_fns)

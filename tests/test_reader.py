@@ -268,3 +268,43 @@ def test_parquet_from_reader_and_foreign_file(tmp_path):
 def test_strip_placeholders():
     assert R.strip_placeholders("<video>\nQ?") == "Q?"
     assert R.strip_placeholders("Look <image> here\n") == "Look  here"
+
+
+def test_uids_are_unique_and_numbered_in_file_order(tmp_path):
+    rows = [
+        _row("tal"),
+        _row("stg"),
+        _row("region_caption_gpt", video="../elsewhere.mp4"),  # skipped (outside the roots) but takes slot 1
+        _row("tal", answer="another TAG query on the same clip"),
+        _row("region_caption_gpt"),
+        _row("region_caption_gpt"),
+        _row("tal", id="explicit", metadata={"fps": "fast"}),  # skipped before media: its explicit id keys it
+        _row("tal", id="explicit"),
+    ]
+    res = read_instances(_write(tmp_path, rows))
+    cid = "vid7&&0&&100&&1.0"
+    assert res.counts_by_reason == {"path_outside_roots": 1, "bad_fps": 1}
+    assert [i.uid for i in res.instances] == [
+        f"{cid}#tal", f"{cid}#stg", f"{cid}#tal#2", f"{cid}#region_caption_gpt#2", f"{cid}#region_caption_gpt#3",
+        "explicit#tal#2"]
+    assert {i.id for i in res.instances[:5]} == {cid}
+    # the uid is stored: Parquet keeps it, and so does the reader reading that Parquet (row 0 of rc is gone there)
+    out = write_parquet(res.instances, tmp_path / "u.parquet")
+    assert [i.uid for i in read_parquet(out)] == [i.uid for i in res.instances]
+    again = read_instances(out, data_roots=[tmp_path])
+    assert again.skipped == [] and again.instances == res.instances
+    # a stored uid that does not fit its row, or is taken, is replaced by the rule
+    forged = [dict(i.to_dict(), uid=u) for i, u in zip(res.instances[:3], ["other#tal", f"{cid}#stg", f"{cid}#stg"])]
+    p = tmp_path / "forged.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in forged))
+    assert [i.uid for i in read_instances(p, data_roots=[tmp_path]).instances] == [f"{cid}#tal", f"{cid}#stg",
+                                                                                     f"{cid}#tal#2"]
+
+
+def test_uid_allocator_rule():
+    a = R.UidAllocator()
+    assert [a.next("x", "tal"), a.next("x", "stg"), a.next("x", "tal")] == ["x#tal", "x#stg", "x#tal#2"]
+    assert a.assign("x", "tal", "x#tal#4") == "x#tal#4" and a.next("x", "tal") == "x#tal#3"
+    assert a.next("x", "tal") == "x#tal#5"  # #4 was claimed
+    assert a.assign("x", "tal", "x#tal#02") == "x#tal#6" and a.assign("y", "tal", "x#tal") == "y#tal"
+    assert Instance(id="v", qa_type="stg", data_source="s", question="q").uid == "v#stg"

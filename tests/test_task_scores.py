@@ -126,6 +126,29 @@ def test_nap_and_sa_and_cvs_wrong_answers(examples):
     assert score(refs["cvs_assessment"], "Two structures: 2, Cystic plate: 2, Hepatocystic triangle: 2").score == 0.0
 
 
+def test_scores_against_list_shaped_struc_info_without_answer():
+    """Test-file references: no gpt turn, ground truth only in the list-shaped struc_info data/synthetic.py writes."""
+    cvs = ref("cvs_assessment", struc_info=[{"cvs_scores": {"two_structures": 2, "cystic_plate": 2,
+                                                            "hepatocystic_triangle": 1}}])  # total 5: class 2
+    assert score(cvs, "Two structures: 1, Cystic plate: 2, Hepatocystic triangle: 2").score == 1.0  # total 5
+    assert score(cvs, "Two structures: 2, Cystic plate: 2, Hepatocystic triangle: 2").score == 0.0  # total 6
+    aspects = list(TS.P.SKILL_ASPECTS)
+    sa = ref("skill_assessment", struc_info=[{"skill_level": "I", "skill_scores": dict.fromkeys(aspects, 3)}])
+    assert score(sa, ", ".join(f"{a}: 3/5" for a in aspects)).score == 1.0  # mean 3: intermediate
+    assert score(sa, ", ".join(f"{a}: 5/5" for a in aspects)).score == 0.0  # mean 5: expert
+    expert = ref("skill_assessment", struc_info=[{"skill_level": "E"}])  # a level without scores
+    assert score(expert, ", ".join(f"{a}: 4/5" for a in aspects)).score == 1.0
+    assert score(expert, ", ".join(f"{a}: 2/5" for a in aspects)).score == 0.0
+    nap = ref("next_action", struc_info=[{"step_list": ["grasping", "cutting"], "next_action": "cutting"}])
+    assert score(nap, "cutting").score == 1.0 and score(nap, "grasping").score == 0.0
+    events = [{"start": 0, "end": 10, "caption": "a: x"}, {"start": 20, "end": 30, "caption": "b: y"}]
+    for shape in ([events], [{"dc_segments": events}]):
+        dvc = ref("dense_captioning_gpt", struc_info=shape)
+        assert score(dvc, "0-10 seconds: a: x\n20-30 seconds: b: y").components["f1"] == 1.0
+        # one of two events found: precision 1, recall 1/2 at every tIoU -> F1 2/3
+        assert score(dvc, "0-10 seconds: a: x").components["f1"] == pytest.approx(2 / 3)
+
+
 def test_reference_problems_are_reasons_not_crashes():
     s = score(ref("tal"), "1-2 seconds")
     assert s.score == 0.0 and s.reason == "gt_missing"
