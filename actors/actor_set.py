@@ -28,6 +28,9 @@ class ActorSet:
         self.timeout = cfg.cluster.get_timeout_s
         # Names the dashboard shows: "<run>-<token>/rollout-0"; the token keeps two jobs on one cluster apart.
         self.prefix = f"{Path(cfg.run_dir).name}-{secrets.token_hex(2)}/"
+        from cluster.placement import Reservation
+
+        self.reservation = Reservation(cfg)
         n = cfg.normalizer
         self.normalizer = NormalizerActor.options(name=self.prefix + "normalizer").remote(
             mode=n.mode, k=n.k, eps=n.eps, min_samples=n.min_samples, table_file=n.table_file,
@@ -44,16 +47,20 @@ class ActorSet:
         if cfg.reward.judge.backend != "none":
             from actors.judge import create_judge_actor
 
-            self.judge = create_judge_actor(cfg.reward.judge, name=self.prefix + "judge")
+            self.judge = create_judge_actor(cfg.reward.judge, name=self.prefix + "judge",
+                                            **self.reservation.options("judge", 0))
         from actors.reward_worker import RewardWorkerPool
 
         self.rewards = RewardWorkerPool(cfg.reward, judge=self.judge, num_workers=cfg.reward.num_workers,
                                         knowledge=knowledge, get_timeout_s=self.timeout,
-                                        actor_options={"num_cpus": cfg.reward.num_cpus})
+                                        actor_options={"num_cpus": cfg.reward.num_cpus,
+                                                       **self.reservation.options("reward", 0)})
         r, d, m = cfg.rollout, cfg.data, cfg.model
         device = "cuda" if r.num_gpus > 0 else "cpu"
         self.rollouts = [
-            RolloutActor.options(name=f"{self.prefix}rollout-{i}", num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(
+            RolloutActor.options(name=f"{self.prefix}rollout-{i}", **{"num_cpus": r.num_cpus, "num_gpus": r.num_gpus,
+                                                                         **self.reservation.options("rollout", i)}
+                                 ).remote(
                 m.path, backend=r.backend, dtype=m.dtype, device=device, attn_implementation=m.attn_implementation,
                 max_frames=d.max_frames, max_pixels=d.max_pixels, min_pixels=d.min_pixels,
                 video_backend=d.video_backend, knowledge=knowledge,
@@ -61,7 +68,9 @@ class ActorSet:
                              "tensor_parallel_size": r.tensor_parallel_size,
                              "enable_sleep_mode": r.enable_sleep_mode, "seed": cfg.seed})
             for i in range(r.num_actors)]
-        self.learner = LearnerGroup(cfg)
+        learner_plan = self.reservation.plans.get("learner")
+        self.learner = LearnerGroup(cfg, placement_group=self.reservation.placement_group("learner"),
+                                    bundle_indices=[b for _, b in learner_plan.slots] if learner_plan else None)
         ray.get([a.ping.remote() for a in self.rollouts], timeout=self.timeout)
         self.version = 0
 
@@ -168,6 +177,7 @@ class ActorSet:
                 ray.kill(a)
         self.rewards.shutdown()
         self.learner.shutdown()
+        self.reservation.release()
 
 
 def _split(items: list, n: int) -> list[list]:
