@@ -155,6 +155,8 @@ class ActorSet:
         from cluster.checkpoints import write_json
 
         write_json(path / "normalizer.json", ray.get(self.normalizer.state_dict.remote(), timeout=self.timeout))
+        # the quantile table a later `normalizer.mode=static` run can load (run_dir is on storage all nodes share)
+        ray.get(self.normalizer.save_table.remote(str(path / "normalizer_table.json")), timeout=self.timeout)
         if self.curriculum is not None:
             write_json(path / "curriculum.json", ray.get(self.curriculum.state_dict.remote(), timeout=self.timeout))
         self.learner.save_checkpoint(str(path / "learner"))

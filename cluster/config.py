@@ -201,6 +201,7 @@ class TrackingConfig:
     experiment: str = "medgrpo"
     run_name: Optional[str] = None
     rollout_samples_per_step: int = bounded(4, 0)
+    log_checkpoints: bool = False  # also copy each checkpoint into MLflow's artifact store
     progress_bar: bool = True
 
 

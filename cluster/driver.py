@@ -171,6 +171,12 @@ class Trainer:
         })
         path = self.ckpt.commit(tmp, self.global_step)
         self.tracker.set_tag("last_checkpoint", str(path.resolve()))
+        self.tracker.log_artifact(path / "normalizer_table.json", "normalizer")
+        rollouts = self.run_dir / "rollouts.jsonl"
+        if rollouts.exists():
+            self.tracker.log_artifact(rollouts, "rollouts")
+        if self.cfg.tracking.log_checkpoints:
+            self.tracker.log_artifact(path, f"checkpoints/{path.name}")
         return path
 
     def _restore(self, path: Path) -> None:

@@ -53,20 +53,25 @@ def _gt_reason(p: P.Parsed[Any]) -> str:
     return r if r.startswith("gt_") else f"gt_{r}"
 
 
-def _tag(inst: Instance, pred: Any) -> _Result:
-    gt = P.gt_segments(inst)
-    if not gt.ok:
-        return {"iou": 0.0}, _gt_reason(gt)
-    p = P.parse_segments(pred)
-    return {"iou": M.temporal_iou(p.value, gt.value) if p.ok else 0.0}, p.reason  # type: ignore[arg-type]
+def _compare(gt_fn: Callable[[Instance], P.Parsed[Any]], parse_fn: Callable[[Any], P.Parsed[Any]],
+             metric: str, key: str) -> Callable[[Instance, Any], _Result]:
+    """A scorer for tasks whose score is ``rewards.metrics.<metric>(parsed prediction, ground truth)`` (0 when
+    either fails); the metric is looked up at call time."""
+
+    def scorer(inst: Instance, pred: Any) -> _Result:
+        gt = gt_fn(inst)
+        if not gt.ok:
+            return {key: 0.0}, _gt_reason(gt)
+        p = parse_fn(pred)
+        return {key: getattr(M, metric)(p.value, gt.value) if p.ok else 0.0}, p.reason
+
+    return scorer
 
 
-def _stg(inst: Instance, pred: Any) -> _Result:
-    gt = P.gt_stg_boxes(inst)
-    if not gt.ok:
-        return {"iou": 0.0}, _gt_reason(gt)
-    p = P.parse_stg(pred)
-    return {"iou": M.st_mean_iou(p.value, gt.value) if p.ok else 0.0}, p.reason  # type: ignore[arg-type]
+_tag = _compare(P.gt_segments, P.parse_segments, "temporal_iou", "iou")
+_stg = _compare(P.gt_stg_boxes, P.parse_stg, "st_mean_iou", "iou")
+_skill = _compare(P.gt_skill, P.parse_skill, "skill_accuracy", "acc")
+_cvs = _compare(P.gt_cvs, P.parse_cvs, "cvs_accuracy", "acc")
 
 
 def _box(inst: Instance, pred: Any) -> _Result:
@@ -112,22 +117,6 @@ def _label(inst: Instance, pred: Any) -> _Result:
         if d is not None:
             comps["grade_dist"] = float(d)
     return comps, p.reason
-
-
-def _skill(inst: Instance, pred: Any) -> _Result:
-    gt = P.gt_skill(inst)
-    if not gt.ok:
-        return {"acc": 0.0}, _gt_reason(gt)
-    p = P.parse_skill(pred)
-    return {"acc": M.skill_accuracy(p.value, gt.value) if p.ok else 0.0}, p.reason  # type: ignore[arg-type]
-
-
-def _cvs(inst: Instance, pred: Any) -> _Result:
-    gt = P.gt_cvs(inst)
-    if not gt.ok:
-        return {"acc": 0.0}, _gt_reason(gt)
-    p = P.parse_cvs(pred)
-    return {"acc": M.cvs_accuracy(p.value, gt.value) if p.ok else 0.0}, p.reason  # type: ignore[arg-type]
 
 
 def _vqa(inst: Instance, pred: Any) -> _Result:

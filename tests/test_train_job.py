@@ -70,6 +70,10 @@ def test_sft_then_grpo_end_to_end(ray_local, synth_dir, tiny_model_dir, tmp_path
     assert last["staleness/max"] <= staleness
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert ckpts == ["ckpt-00000002", "ckpt-00000004"]
+    arts = {a.path for d in ("normalizer", "rollouts")
+            for a in trainer.tracker.client.list_artifacts(trainer.tracker.run_id, d)}
+    assert {"normalizer/normalizer_table.json", "rollouts/rollouts.jsonl"} <= arts
+    assert json.loads((tmp_path / "run" / "checkpoints" / "ckpt-00000004" / "normalizer_table.json").read_text())
     rows = [json.loads(x) for x in (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]
     assert rows and {"question", "answer", "reward", "reference"} <= set(rows[0])
 
