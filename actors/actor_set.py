@@ -134,6 +134,10 @@ class ActorSet:
               timeout: float) -> list[list[SampleReward]]:
         return self.rewards.score_groups(groups, prompts, iou_threshold=tau, timeout=timeout)
 
+    def reward_metrics(self) -> dict[str, float]:
+        """Cumulative reward-worker counters and the judge's calls, failures, fallbacks and latency."""
+        return {k if k.startswith("judge/") else f"reward_worker/{k}": v for k, v in self.rewards.metrics().items()}
+
     def normalize(self, keys: list, values: list[float], timeout: float) -> tuple[list[float], dict[str, float]]:
         normalized, per_key = ray.get(self.normalizer.process.remote(keys, values), timeout=timeout)
         return list(normalized), flatten_metrics(per_key, prefix="")

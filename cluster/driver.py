@@ -342,6 +342,7 @@ class Trainer:
                 acct.drop(f.reason)
 
         metrics.update(self._reward_metrics(all_samples))
+        metrics.update(self.actors.reward_metrics())
         # MedLoc-R1: the curriculum sees this step's grounding groups (mean reward, mean IoU)
         if group_iou:
             metrics.update(self.actors.observe_curriculum([a for a, _ in group_iou], [b for _, b in group_iou]))

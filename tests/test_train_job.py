@@ -65,6 +65,7 @@ def test_sft_then_grpo_end_to_end(ray_local, synth_dir, tiny_model_dir, tmp_path
         dropped = dict(_metric_history(trainer, "accounting/prompts_dropped"))[step]
         assert ins == trained + dropped and ins >= 2
     assert any(k.startswith("normalizer/") and k.endswith("/count") for k in m)
+    assert m["judge/requests"] >= 1 and "judge/latency_mean_s" in m
     assert "curriculum/tau" in m and "time/generate_s" in m and "throughput/tokens_per_s" in m
     assert "eval/tag_miou@0.3" in m or "eval/cvs_acc" in m
     assert last["staleness/max"] <= staleness
@@ -95,13 +96,10 @@ def test_resume_equals_uninterrupted(ray_local, synth_dir, tiny_model_dir, tmp_p
         part_run_id = part.tracker.run_id
     finally:
         part.close()
-    resumed = Trainer(_cfg(synth_dir, tiny_model_dir, tmp_path / "part", judge_url, "checkpoint_every=2",
-                           "resume=auto"))
-    try:
-        assert resumed.global_step == 2 and resumed.tracker.run_id == part_run_id
-        resumed.run()
-    finally:
-        resumed.close()
+    from cluster.cli import main as cli_main  # `medgrpo resume RUN_DIR`: the saved config, resume=auto
+
+    assert cli_main(["resume", str(tmp_path / "part"),
+                     "stages=[{name: sft, kind: sft, steps: 1}, {name: grpo, kind: grpo, steps: 3}]"]) == 0
     a = read_json(tmp_path / "full" / "checkpoints" / "ckpt-00000004" / "driver_state.json")
     b = read_json(tmp_path / "part" / "checkpoints" / "ckpt-00000004" / "driver_state.json")
     assert a["sampler"] == b["sampler"] and a["global_step"] == b["global_step"] == 4
@@ -111,5 +109,8 @@ def test_resume_equals_uninterrupted(ray_local, synth_dir, tiny_model_dir, tmp_p
     ca = read_json(tmp_path / "full" / "checkpoints" / "ckpt-00000004" / "curriculum.json")
     cb = read_json(tmp_path / "part" / "checkpoints" / "ckpt-00000004" / "curriculum.json")
     assert ca == cb
-    steps = [x.step for x in resumed.tracker.client.get_metric_history(part_run_id, "policy/version")]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"{tmp_path.as_uri()}/mlruns")
+    steps = [x.step for x in client.get_metric_history(part_run_id, "policy/version")]
     assert steps == [2, 3, 4] and full_run_id != part_run_id
