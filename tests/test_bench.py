@@ -164,3 +164,16 @@ def test_video_raw_baseline_decodes_the_frames_load_frames_uses(tmp_path):
 def test_parser_defaults():
     args = common.parser("x", "d").parse_args([])
     assert args.quick is False and args.json is None and args.threads == 1
+
+
+def test_report_records_the_reproducing_command(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr("sys.argv", ["x", "--quick", "--json", str(tmp_path / "r.json"), "--seed", "3"])
+    args = common.parser("demo", "d").parse_args(["--quick", "--json", str(tmp_path / "r.json"), "--seed", "3"])
+    rep = common.Report("demo", args)
+    rep.summary["ratio"] = 0.5
+    rep.targets["ratio"] = ">= 0.8"
+    rec = rep.finish()
+    assert rec["command"] == "python -m bench.demo --quick --seed 3" and rec["quick"] is True
+    saved = json.loads((tmp_path / "r.json").read_text())["runs"][0]
+    assert saved["summary"] == {"ratio": 0.5} and saved["env"]["cores"] >= 1
+    assert "[target: >= 0.8]" in capsys.readouterr().out
