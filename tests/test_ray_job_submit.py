@@ -53,10 +53,14 @@ def test_ray_job_submit_runs_training(synth_dir, tiny_model_dir, tmp_path):
     env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}", RAY_AUTH_MODE="token",
                RAY_USAGE_STATS_ENABLED="0", MLFLOW_ALLOW_FILE_STORE="true", DS_ACCELERATOR="cpu")
     env.pop("RAY_ADDRESS", None)
-    gcs, dash = _free_port(), _free_port()
+    # every port of its own: the test session's local Ray already holds Ray's default agent ports
+    gcs, dash, agent, agent_grpc, env_agent, metrics, client = (_free_port() for _ in range(7))
     temp = Path("/tmp") / f"rayjob-{os.getpid()}"  # short: Ray's socket paths must stay < 108 bytes
     start = subprocess.run([str(ray_bin), "start", "--head", f"--port={gcs}", f"--dashboard-port={dash}",
                             "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp}",
+                            f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+                            f"--runtime-env-agent-port={env_agent}", f"--metrics-export-port={metrics}",
+                            f"--ray-client-server-port={client}",
                             "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stderr[-2000:]
     mlruns = tmp_path / "mlruns"
