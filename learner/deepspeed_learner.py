@@ -952,4 +952,11 @@ class DeepSpeedLearner:
 
         self.engine = None
         if dist.is_initialized():
-            dist.destroy_process_group()
+            import deepspeed.comm as ds_comm
+
+            # through DeepSpeed, so its cached group references (deepspeed.utils.groups) are released too and a
+            # later learner in this process can initialise again
+            if ds_comm.is_initialized():
+                ds_comm.destroy_process_group()
+            else:
+                dist.destroy_process_group()
