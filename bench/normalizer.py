@@ -113,26 +113,22 @@ def throughput(batch_sizes: Sequence[int], key_counts: Sequence[int], rounds: in
                 counter[0] += 1
                 norm.process(keys, scores)
 
-            def run_core() -> None:
-                _, scores, groups = batches[counter[1] % N_BATCHES]
-                counter[1] += 1
-                out = np.empty_like(scores)
-                for name, idx in groups.items():
-                    norm.update(name, scores[idx])
-                for name, idx in groups.items():
-                    out[idx] = norm.normalize(name, scores[idx])
+            def update_then_normalize(obj: Any, slot: int) -> Callable[[], None]:
+                """One step of per-key ``update`` then ``normalize`` calls on ``obj`` (the sketch or the window)."""
 
-            def run_window() -> None:
-                _, scores, groups = batches[counter[2] % N_BATCHES]
-                counter[2] += 1
-                out = np.empty_like(scores)
-                for name, idx in groups.items():
-                    base.update(name, scores[idx])
-                for name, idx in groups.items():
-                    out[idx] = base.normalize(name, scores[idx])
+                def run() -> None:
+                    _, scores, groups = batches[counter[slot] % N_BATCHES]
+                    counter[slot] += 1
+                    out = np.empty_like(scores)
+                    for name, idx in groups.items():
+                        obj.update(name, scores[idx])
+                    for name, idx in groups.items():
+                        out[idx] = obj.normalize(name, scores[idx])
 
-            t = compare({"process": run_process, "core": run_core, "window": run_window}, rounds=rounds,
-                        min_time=min_time)
+                return run
+
+            t = compare({"process": run_process, "core": update_then_normalize(norm, 1),
+                         "window": update_then_normalize(base, 2)}, rounds=rounds, min_time=min_time)
             rows.append({
                 "batch": b, "keys": nk, "keys_per_step": min(b, nk),
                 "process_steps_s": 1.0 / t["process"].median, "process_samples_s": b / t["process"].median,
