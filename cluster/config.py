@@ -7,7 +7,6 @@ Unknown keys and wrong types are refused by OmegaConf itself; we re-raise with t
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -323,11 +322,3 @@ def to_flat_dict(cfg: TrainConfig) -> dict[str, Any]:
 
     walk(OmegaConf.to_container(OmegaConf.structured(cfg)), "")
     return out
-
-
-def resolve_path(path: str, base: Optional[str] = None) -> Path:
-    """A config path relative to the working directory (or ``base``), with ``~`` and env vars expanded."""
-    p = Path(os.path.expandvars(os.path.expanduser(path)))
-    if not p.is_absolute() and base is not None:
-        p = Path(base) / p
-    return p

@@ -45,10 +45,6 @@ class RolloutFailure:
     detail: str = ""
 
 
-def response_token_count(groups: list[PromptGroup]) -> int:
-    return sum(len(c.response_ids) for g in groups for c in g.completions)
-
-
 def first_stop(ids: list[int], stop_ids: set[int]) -> Optional[int]:
     """Index of the first stop token in ``ids`` or None."""
     for i, t in enumerate(ids):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 JUDGE, SIMILARITY, TASK = "judge", "similarity", "task"
 
@@ -98,8 +98,3 @@ def raw_reward(s: SampleReward, judge_weight: float = 0.5) -> float:
         return sim if sim is not None else (j if j is not None else float("nan"))
     v = s.components.get(TASK)
     return float("nan") if v is None else float(v)
-
-
-def to_jsonable(s: SampleReward) -> dict[str, Any]:
-    return {"data_source": s.data_source, "qa_type": s.qa_type, "family": s.family, "components": s.components,
-            "reason": s.reason, "shaping": s.shaping, "iou": s.iou}
