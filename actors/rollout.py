@@ -41,7 +41,8 @@ class RolloutWorker:
 
         media = load_media(inst, **self.video_opts)
         return prompt_inputs(self.processor, inst, media, knowledge=self.knowledge,
-                             max_pixels=self.video_opts["max_pixels"], min_pixels=self.video_opts["min_pixels"])
+                             max_pixels=self.video_opts["max_pixels"], min_pixels=self.video_opts["min_pixels"],
+                             with_text=not isinstance(self.engine, HFBackend))  # only vLLM takes the text
 
     def encode_sft(self, instances: list[Instance]) -> list[dict[str, Any] | RolloutFailure]:
         """SFT examples (prompt ids, reference answer ids, vision tensors) through the same prompt path."""

@@ -42,9 +42,10 @@ def question_text(inst: Instance, knowledge: Optional[dict] = None) -> str:
 
 
 def prompt_inputs(processor: Any, inst: Instance, media: Media, *, knowledge: Optional[dict] = None,
-                  max_pixels: Optional[int] = None, min_pixels: Optional[int] = None
+                  max_pixels: Optional[int] = None, min_pixels: Optional[int] = None, with_text: bool = True
                   ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(model inputs of one row, raw media + prompt text for an engine that takes them, e.g. vLLM)."""
+    """(model inputs of one row, raw media + prompt text for an engine that takes them, e.g. vLLM).
+    ``with_text=False`` skips rendering the prompt text a second time when the engine takes token ids."""
     from learner.model_io import build_inputs, prompt_messages
 
     question = question_text(inst, knowledge)
@@ -52,7 +53,7 @@ def prompt_inputs(processor: Any, inst: Instance, media: Media, *, knowledge: Op
                           min_pixels=min_pixels, max_pixels=max_pixels)
     text = processor.apply_chat_template(
         prompt_messages(question, video=media.frames is not None, image=media.image is not None),
-        tokenize=False, add_generation_prompt=True)
+        tokenize=False, add_generation_prompt=True) if with_text else None
     raw = {"prompt_text": text, "image": media.image,
            "frames": media.frames.frames if media.frames is not None else None,
            "fps": media.frames.fps if media.frames is not None else None}
