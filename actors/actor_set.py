@@ -127,8 +127,9 @@ class ActorSet:
     def observe_curriculum(self, group_rewards: list[float], group_ious: list[float]) -> dict[str, float]:
         if self.curriculum is None:
             return {}
-        ray.get(self.curriculum.observe.remote(group_rewards, group_ious), timeout=self.timeout)
-        return ray.get(self.curriculum.metrics.remote(), timeout=self.timeout)
+        # one wait: an actor runs its calls in order, so metrics() sees this observation
+        refs = [self.curriculum.observe.remote(group_rewards, group_ious), self.curriculum.metrics.remote()]
+        return ray.get(refs, timeout=self.timeout)[1]
 
     def score(self, groups: list[PromptGroup], prompts: list[Instance], tau: Optional[float],
               timeout: float) -> list[list[SampleReward]]:
