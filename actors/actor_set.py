@@ -1,9 +1,19 @@
 """Every actor of a run, created from the config with names the Ray dashboard shows (``rollout-0``,
 ``learner-rank-0``, ``reward-0``, ``judge``, ``normalizer``, ``curriculum``), and the calls the driver makes on
-them. Each ``ray.get`` carries a timeout."""
+them. Each ``ray.get`` carries a timeout.
+
+Faults: every light actor is created with ``cluster.max_actor_restarts``. A rollout share whose actor died (or hung
+past the timeout) is regenerated on the restarted actor after the current weights are pushed to it, up to
+``cluster.rollout_retries`` times, then its prompts are reported as failures with a reason; reward shards are
+retried by the pool; the normalizer and curriculum come back from per-call snapshots (``actors.snapshot``) and
+their retried calls are idempotent; a dead judge makes the caption reward fall back (counted) until it is back.
+Cumulative counts are in ``faults`` (logged as ``faults/*``)."""
 from __future__ import annotations
 
-import itertools
+import logging
+import shutil
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,6 +24,26 @@ from data.schema import Instance
 from learner.experience import PromptGroup, RolloutFailure
 from rewards.assembly import SampleReward
 from rewards.normalizer import flatten_metrics
+
+log = logging.getLogger("medgrpo")
+
+
+@dataclass
+class _Share:
+    actor: int  # index into ActorSet.rollouts
+    method: str  # generate | encode_sft
+    instances: list[Instance]
+    kwargs: dict[str, Any]
+    ref: Any
+    version: int  # the policy version pushed when the share was submitted
+
+
+@dataclass
+class PendingRollouts:
+    """Calls in flight on the rollout actors; ``collect`` turns them into results (one per instance)."""
+
+    prompts: list[Instance]
+    shares: list[_Share]
 
 
 class ActorSet:
@@ -31,35 +61,45 @@ class ActorSet:
         from cluster.placement import Reservation
 
         self.reservation = Reservation(cfg)
+        self.faults: Counter = Counter()
+        restarts = cfg.cluster.max_actor_restarts
+        # snapshots of this job's stateful actors; the token keeps them apart from any earlier job's
+        self.snapshot_dir = Path(cfg.run_dir) / "actor_state" / self.prefix.rstrip("/")
         n = cfg.normalizer
-        self.normalizer = NormalizerActor.options(name=self.prefix + "normalizer").remote(
+        self.normalizer = NormalizerActor.options(
+            name=self.prefix + "normalizer", max_restarts=restarts, max_task_retries=restarts).remote(
             mode=n.mode, k=n.k, eps=n.eps, min_samples=n.min_samples, table_file=n.table_file,
-            sketch_size=n.sketch_size, warm_samples=n.warm_samples, update_first=n.update_first, seed=cfg.seed)
+            sketch_size=n.sketch_size, warm_samples=n.warm_samples, update_first=n.update_first, seed=cfg.seed,
+            snapshot_path=str(self.snapshot_dir / "normalizer.json"))
         self.curriculum = None
         if cfg.curriculum.enabled:
             from actors.curriculum_actor import CurriculumActor
 
             c = cfg.curriculum
-            self.curriculum = CurriculumActor.options(name=self.prefix + "curriculum").remote(
-                tau0=c.tau0, tau_max=c.tau_max, window=c.window, margin=c.margin, schedule=c.schedule,
+            self.curriculum = CurriculumActor.options(
+                name=self.prefix + "curriculum", max_restarts=restarts, max_task_retries=restarts).remote(
+                snapshot_path=str(self.snapshot_dir / "curriculum.json"), tau0=c.tau0, tau_max=c.tau_max, window=c.window, margin=c.margin, schedule=c.schedule,
                 delta_max=c.delta_max, delta_min=c.delta_min)
         self.judge = None
         if cfg.reward.judge.backend != "none":
             from actors.judge import create_judge_actor
 
-            self.judge = create_judge_actor(cfg.reward.judge, name=self.prefix + "judge",
+            # no task retries: a call that dies with the judge falls back to similarity (counted) instead of waiting
+            self.judge = create_judge_actor(cfg.reward.judge, name=self.prefix + "judge", max_restarts=restarts,
                                             **self.reservation.options("judge", 0))
         from actors.reward_worker import RewardWorkerPool
 
         self.rewards = RewardWorkerPool(cfg.reward, judge=self.judge, num_workers=cfg.reward.num_workers,
                                         knowledge=knowledge, get_timeout_s=self.timeout,
-                                        actor_options={"num_cpus": cfg.reward.num_cpus,
+                                        actor_options={"num_cpus": cfg.reward.num_cpus, "max_restarts": restarts,
+                                                       "max_task_retries": min(restarts, 1) if restarts else 0,
                                                        **self.reservation.options("reward", 0)})
         r, d, m = cfg.rollout, cfg.data, cfg.model
         device = "cuda" if r.num_gpus > 0 else "cpu"
         self.rollouts = [
-            RolloutActor.options(name=f"{self.prefix}rollout-{i}", **{"num_cpus": r.num_cpus, "num_gpus": r.num_gpus,
-                                                                         **self.reservation.options("rollout", i)}
+            RolloutActor.options(name=f"{self.prefix}rollout-{i}", max_restarts=restarts, max_task_retries=0,
+                                 **{"num_cpus": r.num_cpus, "num_gpus": r.num_gpus,
+                                    **self.reservation.options("rollout", i)}
                                  ).remote(
                 m.path, backend=r.backend, dtype=m.dtype, device=device, attn_implementation=m.attn_implementation,
                 max_frames=d.max_frames, max_pixels=d.max_pixels, min_pixels=d.min_pixels,
@@ -72,76 +112,144 @@ class ActorSet:
         self.learner = LearnerGroup(cfg, placement_group=self.reservation.placement_group("learner"),
                                     bundle_indices=[b for _, b in learner_plan.slots] if learner_plan else None)
         ray.get([a.ping.remote() for a in self.rollouts], timeout=self.timeout)
+        self.dead: set[int] = set()  # rollout actors whose restarts are used up
         self.version = 0
 
     # -- rollouts ------------------------------------------------------------------------------------------
-    def submit_rollouts(self, prompts: list[Instance], seed: int) -> tuple[list[Instance], list]:
-        """Split the step's prompts across rollout actors (contiguous shares); returns a handle to collect."""
-        r = self.cfg.rollout
-        shares = _split(prompts, len(self.rollouts))
-        refs = []
-        offset = 0
-        for actor, share in zip(self.rollouts, shares):
-            if share:
-                refs.append(actor.generate.remote(share, r.group_size, max_new_tokens=r.max_new_tokens,
-                                                  temperature=r.temperature, top_p=r.top_p, seed=seed + offset))
-            offset += len(share)
-        return prompts, refs
+    def _submit(self, method: str, instances: list[Instance], **kwargs: Any) -> PendingRollouts:
+        """Split ``instances`` across the live rollout actors (contiguous shares, so results keep their order).
+        ``generate`` gets a distinct ``seed`` per share: ``seed`` + the share's offset."""
+        live = [i for i in range(len(self.rollouts)) if i not in self.dead]
+        if not live:
+            raise RuntimeError("every rollout actor is dead (cluster.max_actor_restarts used up); the run stops")
+        shares, offset = [], 0
+        for i, part in zip(live, _split(instances, len(live))):
+            if part:
+                kw = dict(kwargs)
+                if "seed" in kw:
+                    kw["seed"] += offset
+                shares.append(_Share(i, method, part, kw, getattr(self.rollouts[i], method).remote(part, **kw),
+                                     self.version))
+            offset += len(part)
+        return PendingRollouts(list(instances), shares)
 
-    def collect_rollouts(self, pending: tuple[list[Instance], list], timeout: float
-                         ) -> tuple[list[Instance], list[PromptGroup], list[RolloutFailure]]:
-        prompts, refs = pending
-        results = list(itertools.chain.from_iterable(ray.get(refs, timeout=timeout)))
-        groups = [x for x in results if isinstance(x, PromptGroup)]
-        failures = [x for x in results if isinstance(x, RolloutFailure)]
-        return prompts, groups, failures
-
-    def predict(self, instances: list[Instance], max_new_tokens: int, timeout: float) -> dict[str, str]:
-        """Greedy answers for evaluation."""
-        shares = _split(instances, len(self.rollouts))
-        refs = [a.generate.remote(s, 1, max_new_tokens=max_new_tokens, temperature=0.0, seed=0)
-                for a, s in zip(self.rollouts, shares) if s]
-        out: dict[str, str] = {}
-        for res in ray.get(refs, timeout=timeout):
-            for x in res:
-                if isinstance(x, PromptGroup):
-                    out[x.instance_id] = x.completions[0].text
+    def _collect(self, pending: PendingRollouts, timeout: float) -> list[Any]:
+        """Every share's results in order; a share lost to a dead or hung actor is regenerated on the restarted
+        actor (``cluster.rollout_retries`` times) or comes back as one ``RolloutFailure`` per instance."""
+        out: list[Any] = []
+        for sh in pending.shares:
+            out += self._share_result(sh, timeout)
         return out
 
+    def _share_result(self, sh: _Share, timeout: float) -> list[Any]:
+        retries = self.cfg.cluster.rollout_retries
+        for attempt in range(retries + 1):
+            try:
+                res = ray.get(sh.ref, timeout=timeout)
+                stale = [x for x in res if isinstance(x, PromptGroup) and x.policy_version < sh.version]
+                if not stale:
+                    return res
+                # the actor died between calls and Ray restarted it silently, with the initial weights
+                reason, detail = "rollout_actor_lost", f"restarted actor served policy version " \
+                                                      f"{stale[0].policy_version} < {sh.version}"
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
+                reason = "rollout_timeout" if isinstance(e, ray.exceptions.GetTimeoutError) else "rollout_actor_lost"
+                detail = f"{type(e).__name__}: {str(e)[:200]}"
+                if reason == "rollout_timeout":  # a hung actor: kill it so that Ray restarts it
+                    ray.kill(self.rollouts[sh.actor], no_restart=False)
+            self.faults[reason] += 1
+            log.warning("rollout-%d: %s with %d prompts in flight (%s)", sh.actor, reason, len(sh.instances),
+                        detail[:120])
+            if not self._revive(sh.actor) or attempt == retries:
+                break
+            self.faults["rollout_retried_prompts"] += len(sh.instances)
+            sh.ref = getattr(self.rollouts[sh.actor], sh.method).remote(sh.instances, **sh.kwargs)
+        self.faults["rollout_dropped_prompts"] += len(sh.instances)
+        return [RolloutFailure(inst.uid, reason, detail) for inst in sh.instances]
+
+    def _revive(self, i: int) -> bool:
+        """Wait for Ray to restart rollout actor ``i`` and give it the current weights; False if it is gone."""
+        actor = self.rollouts[i]
+        try:
+            _wait_restarted(actor, self.timeout)
+            if self.version > 0:
+                handle = self.learner.get_weights()
+                ray.get(actor.apply_weights.remote(handle.ref), timeout=self.timeout)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
+            log.error("rollout-%d cannot be restarted (%s); continuing with the other rollout actors", i,
+                      type(e).__name__)
+            self.dead.add(i)
+            self.faults["rollout_actors_dead"] = len(self.dead)
+            return False
+        self.faults["rollout_restarts"] += 1
+        return True
+
+    def submit_rollouts(self, prompts: list[Instance], seed: int) -> PendingRollouts:
+        """Start generating G samples for each prompt; ``collect_rollouts`` waits for them."""
+        r = self.cfg.rollout
+        return self._submit("generate", prompts, n=r.group_size, max_new_tokens=r.max_new_tokens,
+                            temperature=r.temperature, top_p=r.top_p, seed=seed)
+
+    def collect_rollouts(self, pending: PendingRollouts, timeout: float
+                         ) -> tuple[list[Instance], list[PromptGroup], list[RolloutFailure]]:
+        results = self._collect(pending, timeout)
+        groups = [x for x in results if isinstance(x, PromptGroup)]
+        failures = [x for x in results if isinstance(x, RolloutFailure)]
+        return pending.prompts, groups, failures
+
+    def predict(self, instances: list[Instance], max_new_tokens: int, timeout: float) -> dict[str, str]:
+        """Greedy answers for evaluation (an instance whose rollout failed has none: scored as empty)."""
+        results = self._collect(self._submit("generate", instances, n=1, max_new_tokens=max_new_tokens,
+                                             temperature=0.0, seed=0), timeout)
+        return {x.instance_id: x.completions[0].text for x in results if isinstance(x, PromptGroup)}
+
     def encode_sft(self, instances: list[Instance], timeout: float) -> tuple[list[dict], list[RolloutFailure]]:
-        shares = _split(instances, len(self.rollouts))
-        refs = [a.encode_sft.remote(s) for a, s in zip(self.rollouts, shares) if s]
-        examples: list[dict] = []
-        failures: list[RolloutFailure] = []
-        for res in ray.get(refs, timeout=timeout):
-            for x in res:
-                (failures if isinstance(x, RolloutFailure) else examples).append(x)
-        return examples, failures
+        results = self._collect(self._submit("encode_sft", instances), timeout)
+        examples = [x for x in results if not isinstance(x, RolloutFailure)]
+        return examples, [x for x in results if isinstance(x, RolloutFailure)]
 
     # -- rewards -------------------------------------------------------------------------------------------
     def tau(self) -> Optional[float]:
         if self.curriculum is None:
             return None
-        return ray.get(self.curriculum.threshold.remote(), timeout=self.timeout)
+        tau, restores = ray.get([self.curriculum.threshold.remote(), self.curriculum.restores.remote()],
+                                timeout=self.timeout)
+        self.faults["curriculum_restores"] = restores
+        return tau
 
-    def observe_curriculum(self, group_rewards: list[float], group_ious: list[float]) -> dict[str, float]:
+    def observe_curriculum(self, group_rewards: list[float], group_ious: list[float],
+                           call_id: Optional[str] = None) -> dict[str, float]:
         if self.curriculum is None:
             return {}
         # one wait: an actor runs its calls in order, so metrics() sees this observation
-        refs = [self.curriculum.observe.remote(group_rewards, group_ious), self.curriculum.metrics.remote()]
+        refs = [self.curriculum.observe.remote(group_rewards, group_ious, call_id), self.curriculum.metrics.remote()]
         return ray.get(refs, timeout=self.timeout)[1]
 
-    def score(self, groups: list[PromptGroup], prompts: list[Instance], tau: Optional[float],
-              timeout: float) -> list[list[SampleReward]]:
+    def score(self, groups: list[PromptGroup], prompts: dict[str, Instance], tau: Optional[float],
+              timeout: float) -> list[Optional[list[SampleReward]]]:
+        """One list of rewards per group; None for a group whose samples were lost to reward-worker faults."""
         return self.rewards.score_groups(groups, prompts, iou_threshold=tau, timeout=timeout)
 
     def reward_metrics(self) -> dict[str, float]:
         """Cumulative reward-worker counters and the judge's calls, failures, fallbacks and latency."""
         return {k if k.startswith("judge/") else f"reward_worker/{k}": v for k, v in self.rewards.metrics().items()}
 
-    def normalize(self, keys: list, values: list[float], timeout: float) -> tuple[list[float], dict[str, float]]:
-        normalized, per_key = ray.get(self.normalizer.process.remote(keys, values), timeout=timeout)
+    def normalize(self, keys: list, values: list[float], timeout: float,
+                  call_id: Optional[str] = None) -> tuple[list[float], dict[str, float]]:
+        """Normalized values and per-key metrics. ``call_id`` makes Ray's retry after a normalizer restart
+        idempotent; a normalizer that cannot come back stops the run (a clear error; the checkpoint resumes)."""
+        try:
+            (normalized, per_key), restores = ray.get(
+                [self.normalizer.process.remote(keys, values, call_id), self.normalizer.restores.remote()],
+                timeout=timeout)
+        except ray.exceptions.RayActorError as e:
+            raise RuntimeError(f"the normalizer actor is lost for good (cluster.max_actor_restarts="
+                               f"{self.cfg.cluster.max_actor_restarts} used up): {e}") from None
+        self.faults["normalizer_restores"] = restores
         return list(normalized), flatten_metrics(per_key, prefix="")
+
+    def fault_metrics(self) -> dict[str, float]:
+        return {f"faults/{k}": float(v) for k, v in self.faults.items()}
 
     # -- learner / weights ---------------------------------------------------------------------------------
     def set_lr(self, lr: float) -> None:
@@ -185,6 +293,23 @@ class ActorSet:
         self.rewards.shutdown()
         self.learner.shutdown()
         self.reservation.release()
+        shutil.rmtree(self.snapshot_dir, ignore_errors=True)  # checkpoints hold what a later job resumes from
+
+
+def _wait_restarted(actor: Any, timeout: float) -> None:
+    """Block until ``actor`` answers a ping. While Ray restarts it, calls fail with ``ActorUnavailableError``:
+    poll; ``ActorDiedError`` (restarts used up) and the timeout are raised."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ray.get(actor.ping.remote(), timeout=max(deadline - time.monotonic(), 1.0))
+            return
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _split(items: list, n: int) -> list[list]:

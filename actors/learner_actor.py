@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
@@ -133,12 +134,36 @@ class LearnerGroup:
 
     # -- plumbing ------------------------------------------------------------------------------------------
     def _get(self, refs: Any, what: str, timeout: Optional[float] = None) -> Any:
+        """``ray.get`` that fails fast and clearly: the first rank to die ends the wait (the others would sit in
+        a collective until its timeout), and the surviving ranks are stopped, since the group cannot go on."""
         t = self.timeout if timeout is None else timeout
+        single = not isinstance(refs, (list, tuple))
+        todo = [refs] if single else list(refs)
+        deadline = time.monotonic() + t
+        pending = list(todo)
         try:
-            return ray.get(refs, timeout=t)
-        except ray.exceptions.GetTimeoutError:
-            raise LearnerError(f"learner {what} did not finish within {t:.0f} s (cluster.get_timeout_s); "
-                               f"a rank may be lost or stuck in a collective") from None
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1, timeout=max(deadline - time.monotonic(), 0.0))
+                if not ready:
+                    raise LearnerError(f"learner {what} did not finish within {t:.0f} s (cluster.get_timeout_s); "
+                                       f"a rank may be lost or stuck in a collective")
+                ray.get(ready[0], timeout=t)  # raises if that rank failed
+        except ray.exceptions.RayActorError as e:
+            rank = next((i for i, a in enumerate(self.ranks) if a._actor_id.hex() == getattr(e, "actor_id", None)),
+                        None)
+            self.abort()
+            who = f"rank {rank}" if rank is not None else "a rank"
+            raise LearnerError(f"learner {who} died during {what} ({type(e).__name__}); the learner group is "
+                               f"stopped. Resume the run from its last checkpoint (resume=auto, or "
+                               f"`medgrpo resume RUN_DIR`)") from None
+        out = ray.get(todo, timeout=t)
+        return out[0] if single else out
+
+    def abort(self) -> None:
+        """Kill every rank now (no graceful shutdown: survivors of a dead rank are stuck in a collective)."""
+        for a in self.ranks:
+            ray.kill(a)
+        self.ranks = []
 
     def _fan_out(self, method: str, batch: Mapping[str, Any], what: str) -> list[Any]:
         parts = split_batch(batch, self.world_size)

@@ -372,7 +372,9 @@ class RewardWorker:
 
 class RewardWorkerPool:
     """``num_workers`` ``RewardWorker`` actors; ``score`` deals a batch out round-robin (neighbouring samples of
-    one prompt share a task and a cost) and returns the results in the input order.
+    one prompt share a task and a cost) and returns the results in the input order. A worker that dies is
+    restarted by Ray and its shard retried there; past that (or on a hang) the shard goes to the next worker once,
+    and if that fails too its samples come back as None (counted in ``faults``, never a crash of the step).
 
     ``judge``: a ``JudgeActor`` handle to share; when None and ``cfg.judge.backend`` is not ``none`` the pool
     starts one (``self.judge``). ``actor_options`` go to every worker's ``.options`` (defaults: ``num_cpus=0``,
@@ -396,41 +398,64 @@ class RewardWorkerPool:
         n = num_workers if num_workers is not None else cfg.num_workers
         if n < 1:
             raise ValueError(f"num_workers must be >= 1, got {n}")
+        self.faults: Counter = Counter()  # shard_worker_died, shard_timeout, shard_redispatched, samples_lost
         self.workers = [RewardWorker.options(**opts).remote(cfg, self.judge, knowledge, judge_wait_s, similarity)
                         for _ in range(n)]
 
     def score(self, items: Sequence[Union[RewardItem, tuple]], iou_threshold: Optional[float] = None, *,
-              timeout: Optional[float] = None) -> list[ScoredSample]:
+              timeout: Optional[float] = None) -> list[Optional[ScoredSample]]:
         """Score ``items`` (``RewardItem`` or ``(instance, text[, n_tokens])``) across the workers, in order.
-        ``iou_threshold``: the curriculum's τ; ``timeout``: seconds for the whole batch (default get_timeout_s)."""
+        ``iou_threshold``: the curriculum's τ; ``timeout``: seconds for the whole batch (default get_timeout_s).
+        An item is None only when its shard was lost to worker faults twice (see the class docstring)."""
         items = [_as_item(x, i) for i, x in enumerate(items)]  # fail here, not in a worker, on a caller bug
         if not items:
             return []
         timeout = self.get_timeout_s if timeout is None else timeout
         n = min(len(self.workers), len(items))
         shards = [list(range(w, len(items), n)) for w in range(n)]
-        refs = [self.workers[w].score_batch.remote([items[i] for i in shard], iou_threshold)
-                for w, shard in enumerate(shards)]
-        try:
-            results = ray.get(refs, timeout=timeout)
-        except ray.exceptions.GetTimeoutError:
-            for r in refs:
-                try:
-                    ray.cancel(r)
-                except Exception:  # noqa: BLE001 - best effort
-                    pass
-            raise TimeoutError(f"reward workers gave no answer within {timeout:.0f}s") from None
         out: list[Optional[ScoredSample]] = [None] * len(items)
-        for shard, res in zip(shards, results):
+        deadline = time.monotonic() + timeout
+        pending = {w: self.workers[w].score_batch.remote([items[i] for i in shard], iou_threshold)
+                   for w, shard in enumerate(shards)}
+        for w, shard in enumerate(shards):
+            res = self._shard_result(w, pending[w], [items[i] for i in shard], iou_threshold, deadline)
+            if res is None:
+                continue  # lost: those items stay None (counted in self.lost)
             if len(res) != len(shard):
                 raise RuntimeError(f"reward worker returned {len(res)} results for {len(shard)} items")
             for i, s in zip(shard, res):
                 out[i] = s
-        return out  # type: ignore[return-value]
+        return out
+
+    def _shard_result(self, w: int, ref: Any, shard_items: list[RewardItem], iou_threshold: Optional[float],
+                      deadline: float) -> Optional[list[ScoredSample]]:
+        """The shard's scores; a worker that died (past Ray's own restart + task retry) or hung past the deadline
+        is restarted and its shard scored once more by the next worker (scoring is idempotent). None: lost."""
+        for attempt in range(2):
+            try:
+                return ray.get(ref, timeout=max(deadline - time.monotonic(), 1.0))
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
+                what = "timeout" if isinstance(e, ray.exceptions.GetTimeoutError) else "worker_died"
+                log.warning("reward worker %d: %s on a shard of %d samples (%s)", w, what, len(shard_items),
+                            type(e).__name__)
+                self.faults[f"shard_{what}"] += 1
+                if what == "timeout":
+                    try:
+                        ray.cancel(ref)
+                        ray.kill(self.workers[w], no_restart=False)  # a hung worker: Ray restarts it
+                    except Exception:  # noqa: BLE001 - best effort
+                        pass
+                if attempt == 1:
+                    break
+                w = (w + 1) % len(self.workers)
+                self.faults["shard_redispatched"] += 1
+                ref = self.workers[w].score_batch.remote(shard_items, iou_threshold)
+        self.faults["samples_lost"] += len(shard_items)
+        return None
 
     def score_groups(self, groups: Sequence[Any], instances: Union[Mapping[str, Instance], Sequence[Instance]],
                      iou_threshold: Optional[float] = None, *,
-                     timeout: Optional[float] = None) -> list[list[ScoredSample]]:
+                     timeout: Optional[float] = None) -> list[Optional[list[ScoredSample]]]:
         """Score ``PromptGroup``s (learner/experience.py): one list per group, one sample per completion.
         ``instances``: the step's prompts, as a list or by id; a group whose id is not there raises ``KeyError``."""
         by_id = instances if isinstance(instances, Mapping) else {inst.id: inst for inst in instances}
@@ -444,18 +469,28 @@ class RewardWorkerPool:
         flat = self.score(items, iou_threshold, timeout=timeout)
         out, pos = [], 0
         for n in sizes:
-            out.append(flat[pos:pos + n])
+            part = flat[pos:pos + n]
+            out.append(None if any(x is None for x in part) else part)
             pos += n
         return out
 
     def metrics(self) -> dict[str, float]:
         """Summed worker counters, plus the judge's when there is one."""
         total: Counter = Counter()
-        for m in ray.get([w.metrics.remote() for w in self.workers], timeout=self.get_timeout_s):
-            total.update(m)
+        refs = [w.metrics.remote() for w in self.workers]
+        judge_ref = self.judge.metrics.remote() if self.judge is not None else None
+        for ref in refs:  # a worker restarting after a crash reports nothing this time (its counters restart)
+            try:
+                total.update(ray.get(ref, timeout=self.get_timeout_s))
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                total["metrics_unavailable"] += 1
         out = {k: float(v) for k, v in total.items()}
-        if self.judge is not None:
-            out.update(ray.get(self.judge.metrics.remote(), timeout=self.get_timeout_s))
+        out.update({f"fault_{k}": float(v) for k, v in self.faults.items()})
+        if judge_ref is not None:
+            try:
+                out.update(ray.get(judge_ref, timeout=self.get_timeout_s))
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                out["judge/metrics_unavailable"] = 1.0
         return out
 
     def shutdown(self) -> None:

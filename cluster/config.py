@@ -192,6 +192,12 @@ class ClusterConfig:
     dashboard_host: str = "127.0.0.1"
     num_cpus: Optional[int] = None  # for a local Ray only
     get_timeout_s: float = bounded(600.0, 1.0)
+    # Fault tolerance: Ray restarts a dead rollout/reward/judge/normalizer/curriculum actor up to this many times
+    # (-1: without limit); the normalizer and curriculum come back from their last per-step snapshot.
+    max_actor_restarts: int = bounded(3, -1)
+    # A rollout share whose actor died (or hung past get_timeout_s) is regenerated this many times on the
+    # restarted actor before its prompts are dropped (reason rollout_actor_lost / rollout_timeout).
+    rollout_retries: int = bounded(1, 0)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from cluster.checkpoints import CheckpointManager, read_json, write_json
 from cluster.config import TrainConfig, load_config, to_flat_dict, to_yaml
 from cluster.tracking import Progress, Tracker, resolve_tracking_uri, write_jsonl
 from data.schema import GROUNDING_FAMILIES, Instance, task_family
+from learner.deepspeed_learner import LearnerError
 from learner.experience import PromptGroup, RolloutFailure
 from learner.losses import compute_advantages, filter_zero_variance
 from rewards.assembly import SampleReward, combine, normalization_requests, raw_reward
@@ -164,7 +165,7 @@ class Trainer:
             "global_step": self.global_step, "stage_index": self.stage_index, "stage_step": self.stage_step,
             "weight_version": self.weight_version, "sampler": self.sampler.state_dict(),
             "mlflow_run_id": self.tracker.run_id,
-            "pending_prompts": [p.uid for p in pending[0]] if pending is not None else [],
+            "pending_prompts": [p.uid for p in pending.prompts] if pending is not None else [],
             "rng": {"python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
                     "numpy": np.random.get_state()[1].tolist(), "numpy_pos": int(np.random.get_state()[2]),
                     "torch": torch.get_rng_state().tolist()},
@@ -221,6 +222,9 @@ class Trainer:
                     self.global_step += 1
                     self.stage_step += 1
                     metrics["time/step_s"] = time.perf_counter() - t0
+                    # the driver's own cost: the step's wall time not spent waiting on a phase's actors
+                    metrics["time/overhead_s"] = metrics["time/step_s"] - sum(
+                        metrics.get(f"time/{k}_s", 0.0) for k in ("generate", "reward", "normalize", "train", "sync"))
                     metrics["stage/index"] = self.stage_index
                     self.tracker.log_metrics(metrics, step=self.global_step)
                     progress.update(step=self.global_step, stage=stage.name,
@@ -234,7 +238,13 @@ class Trainer:
                 self.stage_index += 1
                 self.stage_step = 0
             self.tracker.finish()
-        except BaseException:
+        except BaseException as e:
+            if isinstance(e, LearnerError):
+                last_ckpt = self.ckpt.latest_valid()
+                log.error("%s. Run stopped at step %d; last valid checkpoint: %s. Resubmit the job with resume=auto "
+                          "(a RayJob retry does) or run `medgrpo resume %s` to continue from it.", e,
+                          self.global_step, last_ckpt or "none (restart from scratch)", self.run_dir)
+                self.tracker.set_tag("failure", str(e)[:500])
             self.tracker.finish("FAILED")
             raise
         finally:
@@ -246,12 +256,21 @@ class Trainer:
         prompts = self.sampler.next_batch(batch)
         with_answer = [p for p in prompts if p.answer]
         examples, failures = self.actors.encode_sft(with_answer, timeout=self.timeout)
-        metrics = self.actors.learner.sft_step(examples)
-        metrics = {f"loss/sft" if k == "loss" else f"sft/{k}": v for k, v in metrics.items()}
-        metrics["accounting/prompts_in"] = len(prompts)
-        metrics["accounting/prompts_dropped"] = len(prompts) - len(examples)
-        metrics["accounting/dropped/no_answer"] = len(prompts) - len(with_answer)
-        metrics["accounting/dropped/media"] = len(failures)
+        acct = StepAccounting(prompts_in=len(prompts))
+        acct.drop("no_answer", len(prompts) - len(with_answer))
+        for f in failures:
+            acct.drop(f.reason)
+        metrics: dict[str, float] = {}
+        if examples:
+            metrics = self.actors.learner.sft_step(examples)
+            metrics = {"loss/sft" if k == "loss" else f"sft/{k}": v for k, v in metrics.items()}
+            if metrics.get("sft/skipped_nonfinite"):
+                acct.drop("nonfinite_loss", len(examples))
+            else:
+                acct.prompts_trained = len(examples)
+        acct.check()
+        metrics.update(acct.metrics())
+        metrics.update(self.actors.fault_metrics())
         return metrics
 
     # -- GRPO ----------------------------------------------------------------------------------------------
@@ -292,12 +311,19 @@ class Trainer:
         group_iou: list[tuple[float, float]] = []
         while True:
             t = time.perf_counter()
-            scored = self.actors.score(groups, self.by_id, tau, timeout=self.timeout)
+            scored_or_lost = self.actors.score(groups, self.by_id, tau, timeout=self.timeout)
             timings["reward"] += time.perf_counter() - t
+            for g, sc in zip(groups, scored_or_lost):
+                if sc is None:  # its samples were lost to reward-worker faults (counted by the pool)
+                    acct.drop("reward_worker_lost")
+            groups = [g for g, sc in zip(groups, scored_or_lost) if sc is not None]
+            scored = [sc for sc in scored_or_lost if sc is not None]
+            timings["decode"] += sum(g.extra.get("decode_s", 0.0) for g in groups)
             t = time.perf_counter()
             flat = [s for g in scored for s in g]
             keys, values, where = normalization_requests(flat)
-            normalized, norm_metrics = self.actors.normalize(keys, values, timeout=self.timeout)
+            normalized, norm_metrics = self.actors.normalize(keys, values, timeout=self.timeout,
+                                                             call_id=f"{self.global_step}:{rounds}")
             timings["normalize"] += time.perf_counter() - t
             comb = combine(flat, list(normalized), where, judge_weight=cfg.reward.caption_judge_weight,
                            fallback=cfg.reward.caption_fallback, task_weights=cfg.reward.task_weights)
@@ -345,7 +371,8 @@ class Trainer:
         metrics.update(self.actors.reward_metrics())
         # MedLoc-R1: the curriculum sees this step's grounding groups (mean reward, mean IoU)
         if group_iou:
-            metrics.update(self.actors.observe_curriculum([a for a, _ in group_iou], [b for _, b in group_iou]))
+            metrics.update(self.actors.observe_curriculum([a for a, _ in group_iou], [b for _, b in group_iou],
+                                                          call_id=str(self.global_step)))
 
         trained_ok = False
         if kept:
@@ -376,7 +403,8 @@ class Trainer:
         step_time = sum(timings.values())
         metrics["throughput/tokens_per_s"] = tokens / max(timings["generate"], 1e-9)
         metrics["throughput/samples_per_s"] = sum(g.group_size for g in kept) / max(step_time, 1e-9)
-        metrics.update({f"time/{k}_s": v for k, v in timings.items()})
+        metrics.update({f"time/{k}_s": v for k, v in timings.items()})  # decode: the actors' share of generate
+        metrics.update(self.actors.fault_metrics())
         metrics["staleness/max"] = float(max((self.weight_version - 1 - g.policy_version for g in kept), default=0))
         if samples_log:
             write_jsonl(self.run_dir / "rollouts.jsonl", samples_log)

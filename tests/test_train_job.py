@@ -56,7 +56,7 @@ def test_sft_then_grpo_end_to_end(ray_local, synth_dir, tiny_model_dir, tmp_path
     assert run.info.status == "FINISHED" and trainer.global_step == 4
     m = run.data.metrics
     assert "loss/sft" in m
-    trained_steps = sum(v > 0 for _, v in _metric_history(trainer, "accounting/prompts_trained"))
+    trained_steps = sum(v > 0 for s, v in _metric_history(trainer, "accounting/prompts_trained") if s > 1)  # GRPO
     assert m["policy/version"] == 1 + trained_steps  # one SFT update + one per GRPO step that had signal
     # accounting identity, every GRPO step
     for step in (2, 3, 4):
