@@ -20,7 +20,7 @@ class CurriculumActor:
     def __init__(self, snapshot_path: Optional[str] = None, **kwargs: Any) -> None:
         self.sched = IoUThresholdScheduler(**kwargs)
         self.snapshot = ActorSnapshot(snapshot_path)
-        state = self.snapshot.load()
+        state = self.snapshot.load(ray.get_runtime_context().was_current_actor_reconstructed)
         if state is not None:
             self.sched.load_state_dict(state)
 

@@ -28,7 +28,7 @@ class NormalizerActor:
         self.norm = RewardNormalizer(mode=mode, k=k, eps=eps, min_samples=min_samples, table=table,
                                      sketch_size=sketch_size, **kwargs)
         self.snapshot = ActorSnapshot(snapshot_path)
-        state = self.snapshot.load()
+        state = self.snapshot.load(ray.get_runtime_context().was_current_actor_reconstructed)
         if state is not None:
             self.norm.load_state_dict(state)
 

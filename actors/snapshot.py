@@ -28,9 +28,13 @@ class ActorSnapshot:
         self.result: Any = None
         self.restores = 0
 
-    def load(self) -> Optional[dict[str, Any]]:
-        """The last saved state, or None when there is none (a first start). A restart is logged and counted."""
+    def load(self, restarted: bool = False) -> Optional[dict[str, Any]]:
+        """The last saved state, or None when there is none. ``restarted``: Ray is reconstructing the actor (a
+        restart before any state was saved has nothing to restore, but is still counted). Restarts are logged."""
         if self.path is None or not self.path.exists():
+            if restarted:
+                self.restores += 1
+                log.warning("actor restarted before it had saved any state: starting empty, as it first did")
             return None
         try:
             snap = json.loads(self.path.read_text())

@@ -48,10 +48,10 @@ def _history(trainer, name):
 
 
 def _num_restarts(handle) -> int:
-    from ray.util.state import list_actors
+    """From the GCS actor table (the state API would need the dashboard, which the test Ray does not run)."""
+    from ray._private.state import actors
 
-    (state,) = list_actors(filters=[("actor_id", "=", handle._actor_id.hex())], detail=True)
-    return state.num_restarts
+    return int(actors(handle._actor_id.hex())["NumRestarts"])
 
 
 def _inject(trainer, at_step: dict[int, str], judge_server=None):
@@ -229,3 +229,30 @@ def test_learner_rank_death_stops_clearly_and_the_resubmitted_job_resumes(ray_lo
         again.close()
     assert run.info.status == "FINISHED" and again.global_step == 4
     assert sorted(versions) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("mode", ["failing", "garbage"])
+def test_bad_judge_endpoint_falls_back_visibly_in_mlflow(ray_local, synth_dir, tiny_model_dir, tmp_path,
+                                                         judge_server, mode):
+    """A judge endpoint that fails (HTTP 500, opening the breaker) or answers garbage: bounded waits, the caption
+    reward falls back to similarity only, counted per step in MLflow next to the judge's own counters."""
+    from judge_http_stub import completion
+
+    judge_server.behavior = (lambda n, body: (500, {"error": "overloaded"}, 0.0)) if mode == "failing" else \
+        (lambda n, body: (200, completion("I think it is fine."), 0.0))
+    cfg = _cfg(synth_dir, tiny_model_dir, tmp_path / "run", judge_server.url, "curriculum.enabled=false",
+               "data.tasks=[video_summary_gpt]", "reward.judge.breaker_failures=2", "reward.judge.timeout_s=2",
+               "stages=[{name: grpo, kind: grpo, steps: 2}]")
+    trainer = Trainer(cfg)
+    try:
+        trainer.run()
+        m = trainer.tracker.client.get_run(trainer.tracker.run_id).data.metrics
+        fallback = _history(trainer, "reward/count/caption_judge_fallback")
+    finally:
+        trainer.close()
+    assert set(fallback) == {1, 2} and all(v == 2 * 3 for v in fallback.values())  # 2 prompts × G=3, each step
+    assert m["accounting/prompts_trained"] + m["accounting/prompts_dropped"] == 2
+    if mode == "failing":
+        assert m["judge/breaker_trips"] >= 1 and m["judge/breaker_open"] == 1
+    else:
+        assert m["judge/failures/parse_no_scores"] >= 1 and m["judge/missing"] >= 6
