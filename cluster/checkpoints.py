@@ -3,7 +3,8 @@ truncated or tampered checkpoint detected on resume and skipped for the previous
 
 A checkpoint folder ``ckpt-00000042`` holds ``driver_state.json`` (step, stage, weight version, sampler,
 normalizer, curriculum, RNG states, MLflow run id), the learner's DeepSpeed state under ``learner/``, and
-``MANIFEST.json`` listing every file with its size and SHA-256. No pickle anywhere: JSON and safetensors only.
+``MANIFEST.json`` listing every file with its size and SHA-256. The driver's own files are JSON; the learner's
+DeepSpeed state files are torch archives, loaded only with ``weights_only=True`` (``learner.checkpoint``).
 """
 from __future__ import annotations
 

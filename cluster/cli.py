@@ -1,21 +1,27 @@
-"""The `medgrpo` command line: config, synth, tiny-model, to-parquet, eval, train, resume, demo.
+"""The `medgrpo` command line: config, synth, tiny-model, to-parquet, eval, train, resume, demo, mlflow-ui.
 
 Every subcommand imports what it needs lazily so `medgrpo config` stays fast and needs no Ray or torch.
 """
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+import os
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
+from urllib.parse import urlparse
 
 from cluster.config import ConfigError, load_config, to_yaml
+from cluster.tracking import redact
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
     cfg = load_config(args.preset, args.overrides)
-    print(to_yaml(cfg), end="")
+    print(redact(to_yaml(cfg)), end="")  # a key pasted into a field by mistake is not echoed to the terminal
     return 0
 
 
@@ -88,6 +94,57 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.overrides)
 
 
+def run_tracking_uri(run_dir: str | Path) -> str:
+    """The MLflow store a run logged to: its saved config's ``tracking.mlflow_uri``, else the default beside it."""
+    from cluster.tracking import resolve_tracking_uri
+
+    run_dir = Path(run_dir)
+    saved = run_dir / "config.yaml"
+    configured = load_config(str(saved)).tracking.mlflow_uri if saved.exists() else None
+    return resolve_tracking_uri(configured, str(run_dir))
+
+
+def mlflow_ui_command(store_uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The argument list (run without a shell) serving MLflow's UI on ``store_uri``, bound to ``host:port``."""
+    scheme = urlparse(store_uri).scheme
+    if scheme == "":  # a plain path, as MLflow accepts for a file store
+        store_uri = Path(store_uri).resolve().as_uri()
+    elif scheme not in ("file", "sqlite"):
+        raise ConfigError(f"mlflow-ui: runs are tracked at {store_uri!r}, a server of its own: open it there; "
+                          f"allowed here: a file:// or sqlite:// store")
+    if not 0 < port < 65536:
+        raise ConfigError(f"mlflow-ui: --port {port} is out of range; allowed: 1..65535")
+    # one worker: a single-user UI; uvicorn's multi-worker supervisor also kills workers that start slowly
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store_uri, "--host", host,
+            "--port", str(port), "--workers", "1"]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _cmd_mlflow_ui(args: argparse.Namespace) -> int:
+    cmd = mlflow_ui_command(args.backend_store_uri or run_tracking_uri(args.run_dir), args.host, args.port)
+    if not _is_loopback(args.host):
+        print(f"medgrpo: warning: the MLflow UI has no authentication; --host {args.host} lets anyone who can "
+              f"reach this machine read every run's params and artifacts", file=sys.stderr)
+    if args.dry_run:
+        print(shlex.join(cmd))
+        return 0
+    env = dict(os.environ, MLFLOW_ALLOW_FILE_STORE=os.environ.get("MLFLOW_ALLOW_FILE_STORE", "true"))
+    print(f"MLflow UI on http://{args.host}:{args.port} (store {cmd[cmd.index('--backend-store-uri') + 1]}); "
+          f"Ctrl-C stops it", file=sys.stderr)
+    try:
+        return subprocess.run(cmd, env=env, check=False).returncode
+    except KeyboardInterrupt:
+        return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medgrpo", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -139,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the CPU demo: synthetic data, tiny model, SFT then GRPO, before/after table")
     d.add_argument("overrides", nargs="*")
     d.set_defaults(fn=_cmd_demo)
+
+    m = sub.add_parser("mlflow-ui", help="serve the MLflow UI on a run's tracking store (127.0.0.1 by default)")
+    m.add_argument("run_dir", nargs="?", default="runs/demo", help="a run directory written by `medgrpo train`")
+    m.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; the UI has no authentication)")
+    m.add_argument("--port", type=int, default=5000)
+    m.add_argument("--backend-store-uri", help="serve this MLflow store instead of the run's")
+    m.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+    m.set_defaults(fn=_cmd_mlflow_ui)
     return p
 
 

@@ -7,6 +7,7 @@ Unknown keys and wrong types are refused by OmegaConf itself; we re-raise with t
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -268,6 +269,11 @@ def _check_semantics(cfg: TrainConfig) -> None:
         raise ConfigError(f"normalizer.table_file is required when normalizer.mode={cfg.normalizer.mode!r}")
     if not cfg.stages:
         raise ConfigError("stages must list at least one stage (kind: sft or grpo)")
+    key_env = cfg.reward.judge.api_key_env
+    if key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key_env):
+        # never echo the value: it is most likely the key itself, pasted in the wrong place
+        raise ConfigError("reward.judge.api_key_env must name an environment variable (letters, digits, _); "
+                          "put the key itself in that variable, never in the config")
     if cfg.resume not in ("never", "auto") and not Path(cfg.resume).exists():
         raise ConfigError(f"resume={cfg.resume!r}: allowed values are 'never', 'auto' or an existing checkpoint directory")
     for name, weights in (("data.task_weights", cfg.data.task_weights), ("data.source_weights", cfg.data.source_weights)):

@@ -6,13 +6,23 @@ Multi-rank protocol (all learner ranks see the same filesystem): rank 0 ``prepar
 writes its shard into the staging folder → barrier → rank 0 ``commit_staging`` → barrier.
 
 Layout of a DeepSpeed checkpoint folder: ``learner_state.json`` (policy version, optimizer steps, skip counters,
-ZeRO stage and world size it was written with) and DeepSpeed's own files under ``state/``. DeepSpeed stores those
-with ``torch.save``, so load checkpoints only from locations you trust.
+ZeRO stage and world size it was written with) and DeepSpeed's own files under ``state/`` (``torch.save`` pickles).
+
+Safe loading: DeepSpeed 0.19 unpickles its files with ``torch.load(weights_only=False)``, which runs any code a
+tampered file names. ``load_engine_state`` never lets it: the engine's checkpoint engine is swapped for one whose
+``load`` uses ``weights_only=True`` with a minimal allowlist (``DEEPSPEED_SAFE_GLOBALS``), and for the duration of
+the load every other ``torch.load`` in the process (DeepSpeed's ZeRO-3 weights-only path reads files directly) is
+forced to ``weights_only=True`` too. A file that names anything else is refused with ``UnsafeCheckpointError``
+before any of it runs. DeepSpeed reads the weights file before the optimizer files, so after a refusal the engine
+may hold part of the checkpoint: treat the learner as unusable (the driver stops on the error).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import pickle
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +37,22 @@ DS_TAG = "state"
 _SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
                "merges.txt", "preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json",
                "chat_template.json", "chat_template.jinja", "generation_config.json")
+# The non-tensor types DeepSpeed 0.19 pickles into its checkpoint files, found by saving at ZeRO 0, 1, 2 and 3
+# (fp32 and bf16, CPU over gloo) and listing every global the pickles name: the ZeRO 1/2/3 optimizer files hold a
+# ``LossScaler`` and a ``ZeroStageEnum``, ZeRO 1/2 also ``fragment_address`` (param slice mappings). Everything else
+# (tensors, storages, ``torch.Size``, ``OrderedDict``, builtins) is allowed by ``weights_only`` itself.
+DEEPSPEED_SAFE_GLOBALS = ("deepspeed.runtime.fp16.loss_scaler:LossScaler",
+                          "deepspeed.runtime.zero.config:ZeroStageEnum",
+                          "deepspeed.utils.tensor_fragment:fragment_address")
+_FORCE_SAFE, _FORCE_UNSAFE = "TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+class CheckpointError(RuntimeError):
+    """A learner checkpoint that cannot be loaded; the message names the file and why."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint file names a Python object outside the allowlist (tampered or foreign): refused, nothing run."""
 
 
 def staging_path(final: str | Path) -> Path:
@@ -95,16 +121,111 @@ def read_learner_state(directory: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: unreadable learner state ({e})") from None
 
 
+def safe_globals() -> list[Any]:
+    """The allowlisted DeepSpeed classes (imported on first use: DeepSpeed is a heavy import)."""
+    import importlib
+
+    out = []
+    for spec in DEEPSPEED_SAFE_GLOBALS:
+        module, name = spec.split(":")
+        out.append(getattr(importlib.import_module(module), name))
+    return out
+
+
+def _allowlisted() -> Any:
+    """``torch.serialization.safe_globals`` for the allowlisted classes not allowed yet. Torch's context removes
+    what it was given on exit, so nesting it with the same classes would empty the outer one's allowlist."""
+    present = torch.serialization.get_safe_globals()
+    return torch.serialization.safe_globals([g for g in safe_globals() if g not in present])
+
+
+def _refusal(what: str, err: BaseException) -> UnsafeCheckpointError:
+    """Keep torch's diagnosis ("Unsupported global: GLOBAL posix.system") but not its advice to load unsafely."""
+    m = re.search(r"WeightsUnpickler error: ([^\n]*?)(?: was not an allowed global|\.?\n|$)", str(err))
+    why = m.group(1).strip() if m else str(err).strip().splitlines()[0]
+    return UnsafeCheckpointError(f"refused to load {what}: {why}. Learner checkpoints hold only tensors and the "
+                                 f"allowlisted DeepSpeed types ({', '.join(DEEPSPEED_SAFE_GLOBALS)}); this file was "
+                                 f"tampered with or not written by medgrpo")
+
+
+def safe_torch_load(path: str | Path, map_location: Any = None) -> Any:
+    """``torch.load(weights_only=True)`` with the DeepSpeed allowlist; a disallowed object raises
+    ``UnsafeCheckpointError``, an unreadable file ``CheckpointError`` (both name the file)."""
+    try:
+        with _allowlisted():
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise _refusal(str(path), e) from None
+    except (RuntimeError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint file ({type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'})") from None
+
+
+@functools.cache
+def _safe_engine_class() -> type:
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    class SafeTorchCheckpointEngine(TorchCheckpointEngine):
+        """DeepSpeed's torch checkpoint engine, saving the same files, loading them with ``safe_torch_load``."""
+
+        def load(self, path: str, map_location: Any = None) -> Any:
+            return safe_torch_load(path, map_location=map_location)
+
+    return SafeTorchCheckpointEngine
+
+
+def use_safe_checkpoint_engine(engine: Any) -> None:
+    """Give ``engine`` (a DeepSpeedEngine) the safe checkpoint engine; idempotent. Any other kind of checkpoint
+    engine (a configured checkpoint writer) is refused rather than left loading unsafely."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    safe_cls = _safe_engine_class()
+    current = getattr(engine, "checkpoint_engine", None)
+    if isinstance(current, safe_cls):
+        return
+    if type(current) is not TorchCheckpointEngine:
+        raise CheckpointError(f"DeepSpeed checkpoint engine {type(current).__name__} has no safe load; configure "
+                              f"no checkpoint writer (the default torch engine is made safe)")
+    engine.checkpoint_engine = safe_cls(engine._config)
+
+
+@contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """For the duration, every ``torch.load`` in this process runs with ``weights_only=True`` and the DeepSpeed
+    allowlist, whatever its call site asks: DeepSpeed's own direct ``torch.load(..., weights_only=False)`` calls
+    (``zero_to_fp32`` on a ZeRO-3 weights-only load) included. Process-wide (an environment variable torch reads
+    on every load): meant for the learner's checkpoint load, a collective nothing else runs beside."""
+    saved = {k: os.environ.get(k) for k in (_FORCE_SAFE, _FORCE_UNSAFE)}
+    os.environ[_FORCE_SAFE] = "1"
+    os.environ.pop(_FORCE_UNSAFE, None)  # both set is an error in torch; safe wins here
+    try:
+        with _allowlisted():
+            yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def save_engine_state(engine: Any, staging: str | Path, client_state: Optional[dict[str, Any]] = None) -> None:
     """Every rank: DeepSpeed's model + optimizer + scheduler state into ``staging/state`` (a collective)."""
     engine.save_checkpoint(str(staging), tag=DS_TAG, client_state=dict(client_state or {}), save_latest=True)
 
 
 def load_engine_state(engine: Any, directory: str | Path, load_optimizer: bool = True) -> dict[str, Any]:
-    """Every rank: restore the DeepSpeed state; returns the client state saved with it."""
-    path, client_state = engine.load_checkpoint(str(directory), tag=DS_TAG, load_optimizer_states=load_optimizer,
-                                                load_lr_scheduler_states=load_optimizer,
-                                                load_module_only=not load_optimizer)
+    """Every rank: restore the DeepSpeed state, unpickling only tensors and allowlisted types (see the module
+    docstring); returns the client state saved with it. Raises ``UnsafeCheckpointError`` for a tampered file."""
+    use_safe_checkpoint_engine(engine)
+    try:
+        with weights_only_loads():
+            path, client_state = engine.load_checkpoint(str(directory), tag=DS_TAG,
+                                                        load_optimizer_states=load_optimizer,
+                                                        load_lr_scheduler_states=load_optimizer,
+                                                        load_module_only=not load_optimizer)
+    except pickle.UnpicklingError as e:  # a direct torch.load inside DeepSpeed, made safe by weights_only_loads
+        raise _refusal(f"a file of checkpoint {directory}", e) from None
     if path is None:
         raise FileNotFoundError(f"DeepSpeed found no checkpoint '{DS_TAG}' under {directory}")
     return dict(client_state or {})

@@ -920,7 +920,10 @@ class DeepSpeedLearner:
         return str(final)
 
     def load_checkpoint(self, directory: str | Path, load_optimizer: bool = True) -> int:
-        """Restore weights (+ optimizer and counters); returns the restored policy version. All ranks."""
+        """Restore weights (+ optimizer and counters); returns the restored policy version. All ranks.
+
+        Files are unpickled with ``weights_only=True`` and a minimal allowlist (learner/checkpoint.py): a tampered
+        file raises ``UnsafeCheckpointError`` and nothing in it runs; the learner may then be partly loaded."""
         self._require_engine()
         state = ckpt.read_learner_state(directory)
         if load_optimizer and (state.get("world_size") != self.world_size
