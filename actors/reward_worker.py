@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,13 +28,12 @@ from actors.judge import JudgeCore, JudgeOutcome, as_judge_config, create_judge_
 from cluster.config import RewardConfig
 from data.schema import Instance, task_family
 from rewards.assembly import JUDGE, SIMILARITY, TASK, SampleReward, is_caption
-from rewards.shaping import length_reward, recitation_reward
+from rewards.shaping import length_reward, reasoning_text, recitation_reward
 
 log = logging.getLogger(__name__)
 
 #: Families whose task score is an accuracy (a score of 1 means correct) when task_scores gives no ``correct``.
 _ACCURACY_FAMILIES = ("nap", "sa", "cvs", "vqa", "cls")
-_THINK = re.compile(r"<think>(.*?)</think>", re.S | re.I)
 ALIGNMENT = "alignment"
 
 
@@ -341,9 +339,7 @@ class RewardScorer:
         if cfg.recitation_coef != 0:
             knowledge = it.instance.extra.get("knowledge") or self.knowledge.get(it.instance.data_source)
             if knowledge:
-                m = _THINK.search(it.text)
-                s.shaping["recitation"] = recitation_reward(m.group(1) if m else it.text, knowledge,
-                                                            cfg.recitation_coef)
+                s.shaping["recitation"] = recitation_reward(reasoning_text(it.text), knowledge, cfg.recitation_coef)
 
     def metrics(self) -> dict[str, float]:
         return {f"reward_worker/{k}": float(v) for k, v in sorted(self.counts.items())}

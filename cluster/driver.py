@@ -104,6 +104,10 @@ class Trainer:
             self.tracker.log_params(to_flat_dict(cfg))
             self.tracker.log_artifact(self.run_dir / "config.yaml")
         self.tracker.set_tag("run_dir", str(self.run_dir.resolve()))
+        skipped = {f"data/skipped/{k}": v for k, v in self.data_skipped.items()}
+        skipped.update({f"data/eval_skipped/{k}": v for k, v in self.eval_skipped.items()})
+        skipped["data/train_instances"] = len(self.train_instances)
+        self.tracker.log_metrics(skipped, step=self.global_step)
 
     # -- setup ---------------------------------------------------------------------------------------------
     def _load_data(self) -> None:
@@ -127,9 +131,15 @@ class Trainer:
         if not self.train_instances:
             raise RuntimeError(f"no usable training instances in {cfg.train_files} (skipped: {dict(self.data_skipped)})")
         self.eval_instances: list[Instance] = []
+        self.eval_skipped: Counter = Counter()
         for f in cfg.eval_files:
-            if Path(f).exists():
-                self.eval_instances += read_instances(f, data_roots=cfg.data_roots or None).instances
+            if not Path(f).exists():
+                raise FileNotFoundError(f"data.eval_files: {f} does not exist")
+            res = read_instances(f, data_roots=cfg.data_roots or None)
+            self.eval_instances += res.instances
+            self.eval_skipped.update(res.counts_by_reason)
+        if self.eval_skipped:
+            log.warning("eval data: skipped rows by reason: %s", dict(self.eval_skipped))
         if cfg.tasks:
             self.eval_instances = [i for i in self.eval_instances if i.qa_type in cfg.tasks]
         self.eval_instances = self.eval_instances[: cfg.eval_max_samples]

@@ -134,9 +134,14 @@ def iter_parquet_rows(path: PathLike, batch_size: int = 4096) -> Iterator[tuple[
             for row in batch.to_pylist():
                 row = {k: v for k, v in row.items() if v is not None}
                 try:
-                    yield index, _decode(row)
+                    decoded = _decode(row)
                 except json.JSONDecodeError as e:
-                    yield index, BadRow(f"a JSON column does not decode: {e.msg} at column {e.colno}")
+                    decoded = BadRow(f"a JSON column does not decode: {e.msg} at column {e.colno}")
+                except RecursionError:
+                    decoded = BadRow("a JSON column is nested too deeply for the parser")
+                except ValueError as e:  # an integer of more than 4300 digits
+                    decoded = BadRow(f"a JSON column does not decode: {e}")
+                yield index, decoded
                 index += 1
     except (pa.ArrowException, OSError) as e:
         raise DataFileError(f"{path}: Parquet read failed at row {index} ({e})") from None

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from data.schema import Instance
-from data.video import VideoError, VideoFrames, load_frames
+from data.video import VideoFrames, load_frames, open_image
 
 
 @dataclass
@@ -16,20 +16,13 @@ class Media:
 
 
 def load_media(inst: Instance, *, max_frames: int, max_pixels: int, min_pixels: int, backend: str = "auto") -> Media:
-    """Decode the instance's video (or open its image) once; raises ``VideoError`` with a reason code."""
+    """Decode the instance's video (or open its image) once; raises ``data.video.VideoError`` with a reason code
+    from ``data.video.REASONS``."""
     if inst.video:
         return Media(frames=load_frames(inst, max_frames=max_frames, max_pixels=max_pixels, min_pixels=min_pixels,
                                         backend=backend))
     if inst.image:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(inst.image) as im:
-                return Media(image=im.convert("RGB"))
-        except FileNotFoundError as e:
-            raise VideoError("missing_file", str(e)) from None
-        except (UnidentifiedImageError, OSError) as e:
-            raise VideoError("corrupt_image", str(e)) from None
+        return Media(image=open_image(inst.image))
     return Media()
 
 

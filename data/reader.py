@@ -25,7 +25,12 @@ are still resolved but not confined, and a row without ``video``/``image`` is ac
 
 Bad rows never crash the read and are never dropped silently: each becomes an entry of ``ReadResult.skipped``
 with a reason code from ``REASONS`` (``len(instances) + len(skipped) == rows_seen``). A file that cannot be read
-at all raises ``DataFileError``.
+at all raises ``DataFileError`` (missing, not UTF-8, not JSON, JSON nested beyond the parser's limit, an integer
+of more than Python's 4300 digits in a .json file; in JSONL the line is a ``bad_json`` row instead).
+Limits on values: fps in ``[MIN_FPS, MAX_FPS]``, frame indices (and times converted to frames) at most
+``MAX_FRAME_INDEX``, containers nested at most ``MAX_NESTING`` deep anywhere in a row (deeper rows cannot be
+pickled to the actors), and every string valid Unicode text (a JSON ``\\ud800`` escape decodes to a lone
+surrogate that no tokenizer, file path or UTF-8 writer takes: ``bad_text``).
 
 Unique keys: one clip serves several tasks (and may serve one task twice), so ``Instance.id`` repeats. Every
 instance gets ``Instance.uid`` = ``f"{id}#{qa_type}"``, with ``#2``, ``#3``, ... for further repeats of the same
@@ -66,13 +71,18 @@ MISSING_MEDIA = "missing_media"  # a video task without `video`, an image task w
 BAD_MEDIA = "bad_media"  # media field of the wrong shape (empty list, non-string paths, several videos)
 PATH_OUTSIDE_ROOTS = "path_outside_roots"
 BAD_RC_INFO = "bad_rc_info"  # is_RC set but RC_info unusable (box not 4 numbers, frame outside the clip, ...)
+BAD_TEXT = "bad_text"  # a string that is not valid Unicode text (a lone surrogate from a JSON \uD800 escape)
+NESTED_TOO_DEEP = "nested_too_deep"  # lists/objects nested deeper than MAX_NESTING
 REASONS: tuple[str, ...] = (
     BAD_JSON, NOT_AN_OBJECT, MISSING_QA_TYPE, UNKNOWN_QA_TYPE, MISSING_DATA_SOURCE, MISSING_QUESTION,
     BAD_FIELD_TYPE, MISSING_FPS, BAD_FPS, FPS_OUT_OF_RANGE, BAD_FRAME_RANGE, MISSING_MEDIA, BAD_MEDIA,
-    PATH_OUTSIDE_ROOTS, BAD_RC_INFO,
+    PATH_OUTSIDE_ROOTS, BAD_RC_INFO, BAD_TEXT, NESTED_TOO_DEEP,
 )
 
+MIN_FPS = 1e-3  # one sampled frame per 1000 s; below it k / fps leaves any video (5e-324 even overflows to inf)
 MAX_FPS = 60.0
+MAX_FRAME_INDEX = 2**31 - 1  # > 1 year at MAX_FPS; keeps frame indices inside int64/Parquet arithmetic
+MAX_NESTING = 32  # MedVidBench rows nest 5 deep; pickle (Ray) fails near 500
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
 PARQUET_EXTENSIONS = (".parquet", ".pq")
 JSONL_EXTENSIONS = (".jsonl", ".ndjson")
@@ -246,12 +256,15 @@ def _number(value: Any) -> float:
     """A finite float from a JSON number or numeric string; ValueError otherwise (bools are refused)."""
     if isinstance(value, bool) or value is None:
         raise ValueError(f"not a number: {_short(value)}")
-    if isinstance(value, (int, float)):
-        out = float(value)
-    elif isinstance(value, str):
-        out = float(value.strip())
-    else:
-        raise ValueError(f"not a number: {_short(value)}")
+    try:
+        if isinstance(value, (int, float)):
+            out = float(value)
+        elif isinstance(value, str):
+            out = float(value.strip())
+        else:
+            raise ValueError(f"not a number: {_short(value)}")
+    except OverflowError:  # an int beyond float range (JSON allows 4300 digits)
+        raise ValueError(f"not a finite number: {_short(value)}") from None
     if not math.isfinite(out):
         raise ValueError(f"not a finite number: {_short(value)}")
     return out
@@ -269,6 +282,8 @@ def _frame(value: Any, name: str) -> Optional[int]:
         raise RowError(BAD_FRAME_RANGE, f"{name}={_short(value)} is not an integer")
     if x < 0:
         raise RowError(BAD_FRAME_RANGE, f"{name}={_short(value)} is negative")
+    if x > MAX_FRAME_INDEX:
+        raise RowError(BAD_FRAME_RANGE, f"{name}={_short(value)} is beyond {MAX_FRAME_INDEX}")
     return int(x)
 
 
@@ -279,9 +294,38 @@ def _fps(value: Any) -> float:
         fps = _number(value)
     except ValueError:
         raise RowError(BAD_FPS, f"fps={_short(value)} is not a finite number") from None
-    if not 0.0 < fps <= MAX_FPS:
-        raise RowError(FPS_OUT_OF_RANGE, f"fps={_short(value)} is outside (0, {MAX_FPS:g}]")
+    if not MIN_FPS <= fps <= MAX_FPS:
+        raise RowError(FPS_OUT_OF_RANGE, f"fps={_short(value)} is outside [{MIN_FPS:g}, {MAX_FPS:g}]")
     return fps
+
+
+def _check_values(row: dict[str, Any]) -> None:
+    """Every string of the row (keys too) is valid Unicode text and no container nests deeper than MAX_NESTING
+    (see the module docstring); raises ``RowError`` otherwise."""
+    stack: list[tuple[Any, int]] = [(row, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise RowError(NESTED_TOO_DEEP, f"lists/objects nest deeper than {MAX_NESTING} levels")
+        if isinstance(value, dict):
+            for k in value:
+                if isinstance(k, str) and not k.isascii():
+                    _check_text(k)
+            value = value.values()
+        for v in value:
+            if isinstance(v, str):
+                if not v.isascii():
+                    _check_text(v)
+            elif isinstance(v, (dict, list, tuple)):
+                stack.append((v, depth + 1))
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RowError(BAD_TEXT, f"string {_short(text)} holds a lone surrogate at position {e.start} "
+                                 "(not Unicode text)") from None
 
 
 def _truthy(value: Any) -> bool:
@@ -440,8 +484,9 @@ def _from_medvidbench(row: dict[str, Any], guard: PathGuard, fallback_id: str) -
     if isinstance(metadata, str):  # some dumps store the metadata object as a JSON string
         try:
             metadata = json.loads(metadata)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError, a 4300-digit int, nesting past the parser
             raise RowError(BAD_FIELD_TYPE, "metadata is a string that is not a JSON object") from None
+        _check_values({"metadata": metadata})  # the decoded object follows the row's rules too
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, dict):
@@ -544,7 +589,10 @@ def _time_to_frame(value: Any, key: str, fps: float) -> int:
         raise RowError(BAD_FRAME_RANGE, f"{key}={_short(value)} is not a time in seconds") from None
     if t < 0:
         raise RowError(BAD_FRAME_RANGE, f"{key}={_short(value)} is negative")
-    return int(round(t * fps))
+    frame = t * fps
+    if frame > MAX_FRAME_INDEX:  # also catches t * fps overflowing to inf
+        raise RowError(BAD_FRAME_RANGE, f"{key}={_short(value)} s is beyond frame {MAX_FRAME_INDEX} at {fps:g} fps")
+    return int(round(frame))
 
 
 def _from_instance_form(row: dict[str, Any], guard: PathGuard, fallback_id: str) -> Instance:
@@ -603,6 +651,7 @@ def parse_row(row: Any, guard: PathGuard, fallback_id: str) -> Instance:
     """One row (either form) to an ``Instance``; raises ``RowError`` with a reason code if it is unusable."""
     if not isinstance(row, dict):
         raise RowError(NOT_AN_OBJECT, f"row is {type(row).__name__}, not an object")
+    _check_values(row)
     if "conversations" not in row and "question" in row:
         return _from_instance_form(row, guard, fallback_id)
     return _from_medvidbench(row, guard, fallback_id)
@@ -642,6 +691,10 @@ def _json_rows(path: Path) -> tuple[str, Iterator[tuple[Where, Any]]]:
         if e.msg == "Extra data":  # several top-level values: a JSONL file named .json
             return "line", _jsonl_rows(path)
         raise DataFileError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise DataFileError(f"{path}: JSON nested too deeply for the parser") from None
+    except ValueError as e:  # an integer of more than 4300 digits
+        raise DataFileError(f"{path}: unreadable JSON value ({e})") from None
     if isinstance(doc, list):
         return "index", iter(enumerate(doc))
     if isinstance(doc, dict) and doc and all(isinstance(v, dict) for v in doc.values()):
@@ -676,6 +729,10 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[Where, Any]]:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
                 yield lineno, BadRow(f"invalid JSON at column {e.colno}: {e.msg}")
+            except RecursionError:
+                yield lineno, BadRow("JSON nested too deeply for the parser")
+            except ValueError as e:  # an integer of more than 4300 digits
+                yield lineno, BadRow(f"unreadable JSON value ({e})")
 
 
 def read_instances(path: PathLike, data_roots: Optional[Sequence[PathLike]] = None, *,

@@ -13,6 +13,8 @@ Time base (our reading of SPEC §2, the same as ``data.reader``): MedVidBench's 
   or an end more than one sampling period past it, is ``frames_out_of_range``; a smaller overshoot (rounding in
   the metadata) just ends the clip at the video's last sampled time.
 * frame list: the list *is* the clip, already sampled at ``fps``; entry i is frame ``start + i``.
+* a stream that decodes to fewer frames than its header promises (a truncated or damaged file) keeps the clip's
+  frames that did decode when the clip has no end frame; a clip that needs the missing part is ``truncated_file``.
 * timestamps are ``k / fps`` in source-video seconds; ``relative_timestamps`` subtracts the clip start.
 
 Then at most ``max_frames`` frames are kept, uniformly spaced over the clip (first and last kept; for a region
@@ -33,11 +35,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from data.reader import MAX_FPS, MIN_FPS
 from data.schema import Instance
 
 MISSING_FILE = "missing_file"
 EMPTY_FILE = "empty_file"  # zero bytes
 CORRUPT_FILE = "corrupt_file"  # no backend can open / decode it
+TRUNCATED_FILE = "truncated_file"  # decodes to fewer frames than its header says, and the clip needs the rest
 NO_FRAMES = "no_frames"  # opens, but holds no decodable video frame
 FRAMES_OUT_OF_RANGE = "frames_out_of_range"  # the clip (or the RC frame) lies outside the video
 BAD_DIMENSIONS = "bad_dimensions"  # aspect ratio beyond smart_resize's limit (200)
@@ -45,8 +49,8 @@ IMAGE_TOO_LARGE = "image_too_large"  # PIL's decompression-bomb guard
 RC_BOX_OUTSIDE_FRAME = "rc_box_outside_frame"
 NO_MEDIA = "no_media"  # the instance names no video or image
 BACKEND_UNAVAILABLE = "backend_unavailable"
-REASONS: tuple[str, ...] = (MISSING_FILE, EMPTY_FILE, CORRUPT_FILE, NO_FRAMES, FRAMES_OUT_OF_RANGE, BAD_DIMENSIONS,
-                            IMAGE_TOO_LARGE, RC_BOX_OUTSIDE_FRAME, NO_MEDIA, BACKEND_UNAVAILABLE)
+REASONS: tuple[str, ...] = (MISSING_FILE, EMPTY_FILE, CORRUPT_FILE, TRUNCATED_FILE, NO_FRAMES, FRAMES_OUT_OF_RANGE,
+                            BAD_DIMENSIONS, IMAGE_TOO_LARGE, RC_BOX_OUTSIDE_FRAME, NO_MEDIA, BACKEND_UNAVAILABLE)
 BACKENDS = ("auto", "decord", "pyav")
 PATCH_FACTOR = 28  # Qwen2.5-VL: 14-pixel patches merged 2x2
 _EPS = 1e-6
@@ -208,12 +212,18 @@ def _pyav_collect(container: Any, stream: Any, native_fps: float, n_native: int,
     if ptr < len(order):  # the stream is shorter than its header said: re-plan on the true length
         n_true = last_index + 1
         if n_true <= 0:
-            raise VideoError(NO_FRAMES, "the video stream decodes to no frames")
-        keep = np.array([a is not None for a in out]) & np.isin(ks, clip_frame_range(instance, n_true, native_fps))
+            raise VideoError(TRUNCATED_FILE, f"the header says {n_native} frames but none decodes")
+        try:
+            true_ks = clip_frame_range(instance, n_true, native_fps)
+        except VideoError as e:
+            raise VideoError(TRUNCATED_FILE, f"the header says {n_native} frames but only {n_true} decode, so "
+                                             f"the clip is cut ({e.detail})") from None
+        keep = np.array([a is not None for a in out]) & np.isin(ks, true_ks)
         ks = ks[keep]
         out = [a for a, k in zip(out, keep) if k]
         if not out:
-            raise VideoError(FRAMES_OUT_OF_RANGE, f"the video holds {n_true} frames, none in the clip")
+            raise VideoError(TRUNCATED_FILE, f"the header says {n_native} frames but only {n_true} decode, "
+                                             "none in the clip")
     return np.stack(out), ks  # type: ignore[arg-type]
 
 
@@ -253,7 +263,8 @@ def _decode_video_file(path: str, instance: Instance, backend: str, select: Any)
 
 
 # -- images ----------------------------------------------------------------------------------------------------
-def _open_image(path: str) -> Image.Image:
+def open_image(path: str) -> Image.Image:
+    """An image file as RGB; raises ``VideoError`` (missing_file, empty_file, corrupt_file, image_too_large)."""
     _check_file(path)
     try:
         with Image.open(path) as im:
@@ -321,15 +332,15 @@ def load_frames(instance: Instance, max_frames: int, max_pixels: int, min_pixels
     if not 0 < min_pixels <= max_pixels:
         raise ValueError(f"need 0 < min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
     fps = float(instance.fps)
-    if not fps > 0:
-        raise ValueError(f"instance {instance.id!r} has fps={fps}")
+    if not MIN_FPS <= fps <= MAX_FPS:  # NaN fails too; data.reader enforces the same range on every row
+        raise ValueError(f"instance {instance.id!r} has fps={fps}, outside [{MIN_FPS:g}, {MAX_FPS:g}]")
     rc_frame = None if instance.rc_box is None else int(round(float(instance.rc_box[0])))
 
     video = instance.video
     if video is None:
         if instance.image is None:
             raise VideoError(NO_MEDIA, f"instance {instance.id!r} names no video or image")
-        frames, size = _finish([_open_image(instance.image)], min_pixels, max_pixels)
+        frames, size = _finish([open_image(instance.image)], min_pixels, max_pixels)
         return VideoFrames(frames, np.zeros(1), fps, np.zeros(1, dtype=np.int64), 0.0, size, "image")
 
     def select(ks: np.ndarray) -> np.ndarray:
@@ -349,7 +360,7 @@ def load_frames(instance: Instance, max_frames: int, max_pixels: int, min_pixels
         if not video:
             raise VideoError(NO_MEDIA, f"instance {instance.id!r} has an empty frame list")
         ks = select(instance.start_frame + np.arange(len(video), dtype=np.int64))
-        images = [_open_image(video[int(k) - instance.start_frame]) for k in ks]
+        images = [open_image(video[int(k) - instance.start_frame]) for k in ks]
         used = "frames"
 
     rc_drawn = False

@@ -13,6 +13,9 @@ Role: pure numeric functions used by ``rewards/task_scores.py`` (rewards) and ``
 * DVC F1: at each tIoU threshold, predicted and reference events are matched one-to-one greedily by
   descending segment IoU (ties: earlier reference, then earlier prediction), pairs below the threshold never
   match; F1 from precision = matches / #pred and recall = matches / #ref; averaged over 0.3/0.5/0.7.
+  Only the first ``MAX_DVC_EVENTS`` events of each side take part in the matching (MedVidBench clips hold well
+  under 100); events past it still count in #pred and #ref, so a degenerate output costs bounded time and scores
+  no higher than the exact value.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from rewards.parsing import Box, CvsScores, Segment, normalize_label
 DVC_TIOU_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7)
 STG_TIME_TOL = 0.05  # reference times are keyed to 0.1 s (f"{t:.1f}")
 SKILL_LEVELS: tuple[str, ...] = ("novice", "intermediate", "expert")
+MAX_DVC_EVENTS = 1000
 
 
 def _finite01(x: float) -> float:
@@ -119,20 +123,37 @@ def st_mean_iou(pred: Mapping[float, Box], gt: Mapping[float, Box], *, tol: floa
     return _finite01(total / len(gt))
 
 
-def _greedy_matches(pred: Sequence[Segment], gt: Sequence[Segment], theta: float) -> int:
-    pairs = []
-    for gi, g in enumerate(gt):
-        for pi, p in enumerate(pred):
-            iou = segment_iou(p, g)
-            if iou >= theta:
-                pairs.append((-iou, gi, pi))
-    pairs.sort()
+def _segment_iou_matrix(pred: Sequence[Segment], gt: Sequence[Segment]) -> np.ndarray:
+    """``[len(gt), len(pred)]`` array of ``segment_iou(pred[j], gt[i])`` (same arithmetic, vectorised)."""
+    p = np.asarray(pred, dtype=np.float64).reshape(-1, 2)
+    g = np.asarray(gt, dtype=np.float64).reshape(-1, 2)
+    with np.errstate(all="ignore"):  # invalid segments (inf, NaN, end < start) are zeroed below
+        lo = np.maximum(g[:, None, 0], p[None, :, 0])
+        hi = np.minimum(g[:, None, 1], p[None, :, 1])
+        inter = np.where(hi > lo, hi - lo, 0.0)
+        union = (p[:, 1] - p[:, 0])[None, :] + (g[:, 1] - g[:, 0])[:, None] - inter
+        same = (g[:, None, 0] == p[None, :, 0]) & (g[:, None, 1] == p[None, :, 1])
+        iou = np.where(union > 0, inter / union, same.astype(np.float64))
+    p_ok = np.isfinite(p).all(axis=1) & (p[:, 1] >= p[:, 0])
+    g_ok = np.isfinite(g).all(axis=1) & (g[:, 1] >= g[:, 0])
+    iou[~g_ok, :] = 0.0
+    iou[:, ~p_ok] = 0.0
+    return np.clip(np.nan_to_num(iou, nan=0.0), 0.0, 1.0)
+
+
+def _greedy_matches(iou: np.ndarray, theta: float) -> int:
+    """One-to-one matches of the greedy rule (module docstring) on a ``[gt, pred]`` IoU array."""
+    gi, pi = np.nonzero(iou >= theta)
+    order = np.lexsort((pi, gi, -iou[gi, pi]))  # descending IoU, then earlier reference, then earlier prediction
+    most = min(iou.shape)
     used_g: set[int] = set()
     used_p: set[int] = set()
-    for _, gi, pi in pairs:
-        if gi not in used_g and pi not in used_p:
-            used_g.add(gi)
-            used_p.add(pi)
+    for g, p in zip(gi[order].tolist(), pi[order].tolist()):
+        if g not in used_g and p not in used_p:
+            used_g.add(g)
+            used_p.add(p)
+            if len(used_g) == most:
+                break
     return len(used_g)
 
 
@@ -146,9 +167,10 @@ def dvc_f1(pred: Sequence[Segment], gt: Sequence[Segment],
         return 1.0 if not pred else 0.0
     if not pred or not thresholds:
         return 0.0
+    iou = _segment_iou_matrix(pred[:MAX_DVC_EVENTS], gt[:MAX_DVC_EVENTS])
     f1s = []
     for theta in thresholds:
-        m = _greedy_matches(pred, gt, theta)
+        m = _greedy_matches(iou, theta)
         prec, rec = m / len(pred), m / len(gt)
         f1s.append(2 * prec * rec / (prec + rec) if prec + rec > 0 else 0.0)
     return _finite01(sum(f1s) / len(f1s))
@@ -187,7 +209,10 @@ def skill_accuracy(pred: Mapping[str, float], gt: Mapping[str, float]) -> float:
     """1 when the mean aspect scores give the same skill level."""
     if not pred or not gt:
         return 0.0
-    return 1.0 if skill_level(skill_mean(pred)) == skill_level(skill_mean(gt)) else 0.0
+    a, b = skill_mean(pred), skill_mean(gt)
+    if not (math.isfinite(a) and math.isfinite(b)):  # skill_level(nan) would read as "expert"
+        return 0.0
+    return 1.0 if skill_level(a) == skill_level(b) else 0.0
 
 
 def label_match(pred: Optional[str], gt: Optional[str]) -> float:

@@ -3,6 +3,8 @@ multi-grade ordinal reward and the recitation term (SPEC §5), with a small sent
 
 Ranges: ``length_reward`` in [0, 1]; ``graded_reward`` in [0, 1] (1 exactly when the grades agree);
 ``sentence_bleu`` and ``recitation_score`` in [0, 1]; ``recitation_reward`` in [min(coef, 0), max(coef, 0)].
+Work is bounded: ``recitation_score`` reads the first ``MAX_REASONING_CHARS`` characters of the reasoning, and
+``reasoning_text`` finds the ``<think>`` block in linear time.
 Dr. GRPO needs nothing here (it lives in the advantage and the loss aggregation).
 """
 from __future__ import annotations
@@ -10,11 +12,14 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 LENGTH_MODES = ("none", "ecr", "cwr")
+MAX_REASONING_CHARS = 32_768  # as rewards.parsing.MAX_CHARS: a degenerate generation is judged on its prefix
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 _SENTENCE = re.compile(r"(?<=[.!?;])\s+|\n+")
+_THINK_OPEN = re.compile(r"<think>", re.I)
+_THINK_CLOSE = re.compile(r"</think>", re.I)
 
 
 def length_reward(n_tokens: int, target: int, correct: bool = False, mode: str = "none") -> float:
@@ -26,13 +31,21 @@ def length_reward(n_tokens: int, target: int, correct: bool = False, mode: str =
         raise ValueError(f"length mode {mode!r}; allowed: {', '.join(LENGTH_MODES)}")
     if mode == "none":
         return 0.0
-    if isinstance(target, bool) or int(target) != target or target < 1:
+    if not _whole(target) or target < 1:
         raise ValueError(f"length target must be an int >= 1, got {target!r}")
-    if isinstance(n_tokens, bool) or int(n_tokens) != n_tokens or n_tokens < 0:
+    if not _whole(n_tokens) or n_tokens < 0:
         raise ValueError(f"n_tokens must be an int >= 0, got {n_tokens!r}")
     if mode == "cwr" and not correct:
         return 0.0
     return min(float(n_tokens) / float(target), 1.0)
+
+
+def _whole(x: Any) -> bool:
+    """A finite whole number (``3``, ``3.0``, a numpy int); bools, NaN, inf and non-numbers are not."""
+    try:
+        return not isinstance(x, bool) and math.isfinite(x) and int(x) == x
+    except (TypeError, ValueError, OverflowError):
+        return False
 
 
 def graded_reward(pred_grade: Optional[float], gt_grade: float) -> float:
@@ -108,6 +121,19 @@ def sentence_bleu(hypothesis: Union[str, Sequence[str]], references: Union[str, 
     return min(1.0, bp * math.exp(log_sum / orders))
 
 
+def reasoning_text(text: str) -> str:
+    """The content of the first complete ``<think>…</think>`` block (case-insensitive), else ``text`` itself.
+
+    The same result as ``re.search(r"<think>(.*?)</think>", text, re.S | re.I)``, which takes quadratic time on a
+    generation of many unclosed ``<think>`` tags; this takes two linear scans.
+    """
+    m = _THINK_OPEN.search(text)
+    if m is None:
+        return text
+    end = _THINK_CLOSE.search(text, m.end())
+    return text if end is None else text[m.end():end.start()]
+
+
 def recitation_score(reasoning: str, knowledge: Union[str, Sequence[str]]) -> float:
     """BLEU of the model's reasoning against the injected knowledge text(s), in [0, 1] (1 = verbatim recitation).
 
@@ -117,6 +143,7 @@ def recitation_score(reasoning: str, knowledge: Union[str, Sequence[str]]) -> fl
     """
     texts = [knowledge] if isinstance(knowledge, str) else list(knowledge)
     texts = [t for t in texts if t and t.strip()]
+    reasoning = reasoning[:MAX_REASONING_CHARS]
     if not reasoning or not reasoning.strip() or not texts:
         return 0.0
     sentences = [s for t in texts for s in _SENTENCE.split(t) if s.strip()]
