@@ -4,6 +4,7 @@ the resubmitted job resuming from the last checkpoint."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,11 @@ def _inject(trainer, at_step: dict[int, str], judge_server=None):
             kind = at_step.get(trainer.global_step)
             if kind == when_kind and before:
                 target = {"reward": lambda: acts.rewards.workers[0], "normalizer": lambda: acts.normalizer, "curriculum": lambda: acts.curriculum}[kind]()
-                ray.kill(target, no_restart=False)
+                before_kill = _num_restarts(target)
+                ray.kill(target, no_restart=False)  # asynchronous: wait until the process is really gone
+                deadline = time.monotonic() + 60
+                while _num_restarts(target) == before_kill and time.monotonic() < deadline:
+                    time.sleep(0.05)
             out = orig(*a, **k)
             if kind == when_kind and not before:  # rollout: killed while its generate call is in flight
                 ray.kill(acts.rollouts[0], no_restart=False)
