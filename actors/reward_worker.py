@@ -238,7 +238,9 @@ class RewardScorer:
                 out[i].components[SIMILARITY] = float(s)
 
         # 3. gather the judge
+        t_judge = time.monotonic()
         judged = dict(zip(asked, self._gather(judge_handle, judge_err, len(asked))))
+        self.counts["judge_wait_s"] += time.monotonic() - t_judge  # what the judge added to scoring's wall time
         for i in judge_idx:
             s = out[i]
             if self.judge is None:

@@ -13,6 +13,11 @@
 2. **Rollout tokens/s** of ``RolloutWorker.generate`` (hf backend, sampling at temperature 1) for video prompts
    against the same questions with the video removed (text-only prompts), interleaved rounds; generated tokens
    per second of wall time, decode time included for video.
+3. **Rollout vs plain generate.** ``RolloutWorker.generate`` (G = 8; video decode + prompt encoding + the hf
+   backend), the backend alone on pre-encoded prompts, and a bare ``model.generate`` loop on the same pre-encoded
+   prompts with the same sampling settings and seeds (no per-step logits kept, no log-probs, no detokenisation),
+   interleaved rounds. The three must generate the very same tokens (``same tokens``), so the time ratio is the
+   cost of what the rollout adds to transformers' generate.
 
 The tiny model (``learner.tiny_model.build_tiny_model``, hidden 64, 2 layers, ~0.4 M params) and the synthetic data
 are built in a temporary folder; the tokenizer is trained on the synthetic questions and answers.
@@ -141,6 +146,72 @@ def rollout_rates(worker: Any, video: list[Any], max_new_tokens: int, rounds: in
             "video_decode_share": statistics.median(decode_share)}
 
 
+def response_tokens(rows: list[list[int]], stop_ids: set[int]) -> list[list[int]]:
+    """Each row's generated ids up to and including its first stop token: what the hf backend keeps."""
+    from learner.experience import first_stop
+
+    out = []
+    for ids in rows:
+        stop = first_stop(ids, stop_ids)
+        out.append(ids[: stop + 1] if stop is not None else list(ids))
+    return out
+
+
+def plain_generate(engine: Any, encoded: list[dict[str, Any]], n: int, max_new_tokens: int, seed: int
+                   ) -> list[list[int]]:
+    """The baseline: a bare ``model.generate`` loop over the same pre-encoded prompts with the hf backend's
+    sampling settings (temperature 1, its stop and suppressed tokens, the same per-prompt seeds) but without what
+    the backend adds (logits kept per step, log-probs, detokenisation). Returns the kept response ids per sample."""
+    from transformers import GenerationConfig
+
+    gen_cfg = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=None, repetition_penalty=None,
+                               max_new_tokens=max_new_tokens, num_return_sequences=n,
+                               eos_token_id=sorted(engine.stop_ids), pad_token_id=engine.pad_id,
+                               suppress_tokens=engine.suppressed or None)
+    out: list[list[int]] = []
+    for i, inputs in enumerate(encoded):
+        torch.manual_seed(seed + i)  # RolloutWorker.generate seeds prompt i with seed + i
+        with torch.no_grad():
+            seqs = engine.model.generate(**inputs, generation_config=gen_cfg)
+        out += response_tokens(seqs[:, inputs["input_ids"].shape[1]:].tolist(), engine.stop_ids)
+    return out
+
+
+def rollout_vs_plain(worker: Any, video: list[Any], max_new_tokens: int, rounds: int, min_time: float, seed: int
+                     ) -> dict[str, Any]:
+    """Tokens/s of ``RolloutWorker.generate`` (decode + prompt encoding + backend) and of the backend alone on
+    pre-encoded prompts, against ``plain_generate`` on the same pre-encoded prompts; interleaved rounds.
+    Same seeds everywhere, so all three generate the same tokens (checked: ``same_tokens``)."""
+    encoded = [worker.encode_prompt(inst) for inst in video]  # (model inputs, raw media), video decoded once here
+    inputs = [e[0] for e in encoded]
+
+    def run_worker() -> list[list[int]]:
+        groups = worker.generate(video, G, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
+        bad = [g for g in groups if not hasattr(g, "completions")]
+        if bad:
+            raise RuntimeError(f"rollout failed: {bad[:2]}")
+        return [c.response_ids for g in groups for c in g.completions]
+
+    def run_engine() -> list[list[int]]:
+        return [c.response_ids for i, (inp, raw) in enumerate(encoded)
+                for c in worker.engine.generate(inp, raw, G, max_new_tokens=max_new_tokens, temperature=1.0,
+                                                top_p=1.0, seed=seed + i)]
+
+    def run_plain() -> list[list[int]]:
+        return plain_generate(worker.engine, inputs, G, max_new_tokens, seed)
+
+    ids = {"worker": run_worker(), "engine": run_engine(), "plain": run_plain()}
+    same = ids["worker"] == ids["plain"] == ids["engine"]
+    tokens = sum(len(x) for x in ids["plain"])
+    t = compare({"worker": run_worker, "engine": run_engine, "plain": run_plain}, rounds=rounds, min_time=min_time,
+                warmup=1)
+    return {"prompts": len(video), "G": G, "max_new_tokens": max_new_tokens, "tokens_per_call": tokens,
+            "worker_tokens_s": tokens / t["worker"].median, "engine_tokens_s": tokens / t["engine"].median,
+            "plain_tokens_s": tokens / t["plain"].median, "worker_vs_plain": ratio(t["worker"], t["plain"]),
+            "engine_vs_plain": ratio(t["engine"], t["plain"]), "same_tokens": same,
+            "noise": max(x.spread for x in t.values())}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     ap = parser("learner", __doc__.split("\n")[0])
     args: argparse.Namespace = ap.parse_args(argv)
@@ -181,6 +252,20 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                       ("video_tokens_s", "tokens/s video", fmt_num), ("text_tokens_s", "tokens/s text", fmt_num),
                       ("video_vs_text", "video / text", fmt_num),
                       ("video_decode_share", "decode share (video)", fmt_num)])
+
+        plain = rollout_vs_plain(worker, video, max_new, rounds, min_time, args.seed)
+        if not plain["same_tokens"]:
+            rep.note("RolloutWorker.generate and the plain generate loop sampled different tokens from the same "
+                     "seeds: their tokens/s are still comparable, the identical-work check is not")
+        rep.table("rollout_vs_plain", "hf rollout backend vs a plain model.generate loop, same pre-encoded prompts "
+                  "and sampling (tokens/s of generated response tokens; worker includes video decode and prompt "
+                  "encoding, engine is the backend alone)", [plain], [
+                      ("prompts", "prompts", fmt_num), ("G", "G", fmt_num), ("max_new_tokens", "max new", fmt_num),
+                      ("tokens_per_call", "tokens/call", fmt_num), ("worker_tokens_s", "worker tok/s", fmt_num),
+                      ("engine_tokens_s", "engine tok/s", fmt_num), ("plain_tokens_s", "plain tok/s", fmt_num),
+                      ("worker_vs_plain", "worker / plain (time)", fmt_num),
+                      ("engine_vs_plain", "engine / plain (time)", fmt_num),
+                      ("same_tokens", "same tokens", fmt_num), ("noise", "noise", lambda x: fmt_num(x, 2))])
 
         # -- learner -------------------------------------------------------------------------------------------
         groups = worker.generate(video, G, max_new_tokens=max_new, temperature=1.0, seed=args.seed + 100)
@@ -225,6 +310,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     rep.summary["same_first_loss"] = same
     rep.summary["rollout_video_vs_text"] = roll["video_vs_text"]
     rep.summary["rollout_tokens_s_video"] = roll["video_tokens_s"]
+    rep.summary["rollout_tokens_s_worker"] = plain["worker_tokens_s"]
+    rep.summary["rollout_tokens_s_plain"] = plain["plain_tokens_s"]
+    rep.summary["rollout_worker_vs_plain"] = plain["worker_vs_plain"]
+    rep.summary["rollout_engine_vs_plain"] = plain["engine_vs_plain"]
+    rep.summary["rollout_same_tokens"] = plain["same_tokens"]
     rep.targets["deepspeed_overhead"] = "close to 1 (ZeRO-0 on 1 rank should add little)"
     rep.note("tiny model: absolute samples/s and tokens/s say nothing about a 7B model on GPU; the ratios are the "
              "figures")

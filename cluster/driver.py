@@ -88,6 +88,7 @@ class Trainer:
         self.stage_step = 0
         self.weight_version = 0
         self._resume_pending: list[Instance] = []
+        self._judge_wait_seen = 0.0  # cumulative reward_worker/judge_wait_s at the last step
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.keep_checkpoints)
         self._load_data()
         self._start_actors()
@@ -410,8 +411,15 @@ class Trainer:
         metrics["policy/version"] = self.weight_version
         metrics["curriculum/tau"] = tau if tau is not None else 0.0
         tokens = sum(len(c.response_ids) for g in kept for c in g.completions)
-        step_time = sum(timings.values())
-        metrics["throughput/tokens_per_s"] = tokens / max(timings["generate"], 1e-9)
+        step_time = sum(v for k, v in timings.items() if k != "decode")  # decode is part of generate
+        # the actors' own generation time: in async mode the driver's wait on generate is not the time it took
+        gen_s = sum(g.extra.get("generate_s", 0.0) for g in kept)
+        metrics["throughput/tokens_per_s"] = tokens / max(gen_s, 1e-9)
+        judge_wait = metrics.get("reward_worker/judge_wait_s", 0.0)
+        # summed over reward workers; a restarted worker's counter starts again from 0
+        metrics["time/judge_wait_s"] = judge_wait - (self._judge_wait_seen if judge_wait >= self._judge_wait_seen
+                                                     else 0.0)
+        self._judge_wait_seen = judge_wait
         metrics["throughput/samples_per_s"] = sum(g.group_size for g in kept) / max(step_time, 1e-9)
         metrics.update({f"time/{k}_s": v for k, v in timings.items()})  # decode: the actors' share of generate
         metrics.update(self.actors.fault_metrics())

@@ -20,11 +20,16 @@ def completion(content: Optional[str]) -> dict[str, Any]:
 
 class JudgeServer:
     """A real HTTP server on 127.0.0.1 speaking POST /v1/chat/completions; ``behavior(n, body)`` returns
-    (status, payload, delay_s) for the n-th request (0-based)."""
+    (status, payload, delay_s) for the n-th request (0-based).
 
-    def __init__(self) -> None:
+    ``backlog``: the listen queue (socketserver's default is 5: a burst of more simultaneous connections, e.g. a
+    judge with ``max_concurrency`` 64, can be reset before the server accepts them). ``delay_s``: the delay of the
+    default behavior (every request answered with ``GOOD``)."""
+
+    def __init__(self, backlog: Optional[int] = None, delay_s: float = 0.0) -> None:
         self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
-        self.behavior: Callable[[int, dict], tuple[int, Any, float]] = lambda n, body: (200, completion(GOOD), 0.0)
+        self.behavior: Callable[[int, dict], tuple[int, Any, float]] = lambda n, body: (200, completion(GOOD),
+                                                                                        delay_s)
         self._lock = threading.Lock()
         server = self
 
@@ -52,7 +57,15 @@ class JudgeServer:
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
                     pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+        if backlog is not None:
+            self.httpd.request_queue_size = backlog
+        try:
+            self.httpd.server_bind()
+            self.httpd.server_activate()
+        except OSError:
+            self.httpd.server_close()
+            raise
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -177,3 +177,98 @@ def test_report_records_the_reproducing_command(monkeypatch, tmp_path, capsys):
     saved = json.loads((tmp_path / "r.json").read_text())["runs"][0]
     assert saved["summary"] == {"ratio": 0.5} and saved["env"]["cores"] >= 1
     assert "[target: >= 0.8]" in capsys.readouterr().out
+
+
+# -- step anatomy, judge and rollout benchmarks: their pure pieces -------------------------------------------------
+def _step(step_s, **phases):
+    return {"time/step_s": step_s, **{f"time/{k}_s": v for k, v in phases.items()}}
+
+
+def test_step_anatomy_steady_state_drops_warmup_and_last_step():
+    from bench.step_anatomy import steady
+
+    steps = [{"i": i} for i in range(6)]
+    assert [s["i"] for s in steady(steps, warmup=2, drop_last=1)] == [2, 3, 4]
+    assert [s["i"] for s in steady(steps, warmup=0, drop_last=0)] == list(range(6))
+    with pytest.raises(ValueError, match="no steady state"):
+        steady(steps[:3], warmup=2, drop_last=1)
+
+
+def test_step_anatomy_phases_overhead_and_shares():
+    from bench.step_anatomy import anatomy, phase_seconds
+
+    # no driver overhead metric: step - (generate + reward + normalize + train + sync) = 2.0 - 1.8 = 0.2
+    s1 = {**_step(2.0, generate=1.0, reward=0.3, normalize=0.1, train=0.3, sync=0.1), "bench/decode_s": 0.25}
+    p1 = phase_seconds(s1)
+    assert p1["overhead"] == pytest.approx(0.2) and p1["decode"] == 0.25 and math.isnan(p1["judge"])
+    # the driver's own metrics win over the benchmark's; a phase that did not run counts 0
+    s2 = {**_step(1.0, generate=0.5, train=0.4, decode=0.1, overhead=0.05), "bench/decode_s": 9.0}
+    p2 = phase_seconds(s2)
+    assert p2["overhead"] == 0.05 and p2["decode"] == 0.1 and p2["sync"] == 0.0
+    an = anatomy([s1, {**s2, "bench/decode_s": 0.3}])
+    assert an["step"]["mean_s"] == pytest.approx(1.5)
+    assert an["generate"]["mean_s"] == pytest.approx(0.75) and an["generate"]["share"] == pytest.approx(0.5)
+    assert an["overhead"]["mean_s"] == pytest.approx(0.125)  # (0.2 + 0.05) / 2
+    assert an["decode"]["mean_s"] == pytest.approx(0.175)  # (0.25 + 0.1) / 2
+
+
+def test_step_anatomy_samples_per_s():
+    from bench.step_anatomy import samples_per_s
+
+    steps = [{"accounting/prompts_trained": 4, "bench/wall_s": 2.0}, {"accounting/prompts_trained": 2,
+                                                                     "bench/wall_s": 1.0}]
+    assert samples_per_s(steps, group_size=4) == pytest.approx((4 + 2) * 4 / 3.0)
+    assert samples_per_s([{"time/step_s": 0.5}], 4, time_key="time/step_s") == 0.0  # nothing trained
+
+
+def test_step_anatomy_overrides_keep_only_the_grpo_loop():
+    from pathlib import Path
+
+    from bench.step_anatomy import RunSpec, overrides
+    from cluster.config import load_config
+
+    assets = {"model": "/m", "train": "/d/train.jsonl", "eval": "/d/eval.jsonl", "root": "/tmp/x"}
+    ov = overrides(RunSpec("async+judge", 1, True), assets, 5, Path("/tmp/x/run"), "http://127.0.0.1:9/v1", 0)
+    cfg = load_config("cpu_demo", ov)
+    assert [(s.kind, s.steps) for s in cfg.stages] == [("grpo", 5)]
+    assert cfg.eval_every == 0 and cfg.checkpoint_every == 0 and cfg.rollout.max_staleness == 1
+    assert cfg.reward.judge.backend == "openai" and cfg.reward.judge.base_url == "http://127.0.0.1:9/v1"
+    assert not cfg.rollout.dynamic_sampling and not cfg.tracking.progress_bar
+    with pytest.raises(ValueError, match="stub"):
+        overrides(RunSpec("sync+judge", 0, True), assets, 5, Path("/tmp/x/run"), None, 0)
+
+
+def test_judge_ideal_rate_and_fake_backend_cost():
+    from bench.judge import FakeBackend, ideal_items_per_s
+
+    # 64 items in batches of 8: 8 calls × 20 ms + 64 × 1 ms = 0.224 s
+    assert ideal_items_per_s(64, 8, 0.02, 0.001) == pytest.approx(64 / 0.224)
+    assert ideal_items_per_s(10, 4, 0.1, 0.0) == pytest.approx(10 / 0.3)  # ceil(10 / 4) = 3 calls
+    slept: list[float] = []
+    be = FakeBackend(0.02, 0.001, sleep=slept.append)
+    replies = be.complete([[{"role": "user", "content": "x"}]] * 3)
+    assert slept == [pytest.approx(0.023)] and be.calls == 1 and be.items == 3 and len(replies) == 3
+    with pytest.raises(ValueError):
+        FakeBackend(-1.0, 0.0)
+
+
+def test_judge_core_batches_distinct_caption_pairs():
+    from actors.judge import JudgeCore
+    from bench.judge import FakeBackend, caption_pairs
+    from cluster.config import JudgeConfig
+
+    pairs = caption_pairs(20)
+    assert len(set(pairs)) == 20
+    be = FakeBackend(0.0, 0.0)
+    core = JudgeCore(JudgeConfig(batch_size=8, cache_size=100), backend=be)
+    out = core.score(pairs, "vs")
+    assert be.calls == 3 and be.items == 20  # 8 + 8 + 4
+    assert all(o.ok and o.score == pytest.approx(3.6) for o in out)  # the fake's reply: mean of 4, 5, 3, 4, 2
+    core.score(pairs, "vs")  # all cached: no further call
+    assert be.calls == 3 and core.metrics()["judge/cache_hits"] == 20
+
+
+def test_rollout_response_tokens_cut_at_the_first_stop():
+    from bench.learner import response_tokens
+
+    assert response_tokens([[5, 6, 2, 7, 7], [5, 5, 5], [2, 2]], {2}) == [[5, 6, 2], [5, 5, 5], [2]]
