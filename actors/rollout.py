@@ -31,8 +31,8 @@ class RolloutWorker:
                                backend=video_backend)
         self.knowledge = knowledge or {}
         self.version = 0
-        # dtype of the rollout copy may differ from the learner's (bf16 vs fp32): verify only when equal
-        self.receiver = WeightReceiver(version=-1, strict=True, verify=dtype == "float32", allow_same_version=True)
+        # the checksum covers the received buffers (before any cast to this copy's dtype): always verified
+        self.receiver = WeightReceiver(version=-1, strict=True, verify=True, allow_same_version=True)
 
     # -- prompts -------------------------------------------------------------------------------------------
     def encode_prompt(self, inst: Instance) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -94,6 +94,7 @@ class RolloutWorker:
             self.version = self.receiver.apply(self.engine.model, payload)
         else:
             self.receiver.check_version(payload.version)
+            payload.verify() if payload.checksum != "none" else payload.check()  # refused before vLLM sees it
             self.engine.load_weights(payload.named_tensors())
             self.version = self.receiver.version = payload.version
         return self.version

@@ -36,6 +36,7 @@ def judge_url(judge_server):
 def _cfg(synth_dir, tiny_model_dir, run_dir, judge_url, *extra):
     return load_config("cpu_demo", [
         f"run_dir={run_dir}", f"model.path={tiny_model_dir}", f"data.train_files=[{synth_dir}/train.jsonl]",
+        "data.eval_files=[]",
         "data.tasks=[tal,stg,video_summary_gpt,cvs_assessment]", "data.prompts_per_step=2", "data.max_frames=4",
         "rollout.group_size=3", "rollout.max_new_tokens=8", "rollout.max_refill_rounds=0",
         "rollout.dynamic_sampling=false", "reward.num_cpus=0", "learner.num_cpus=0", "normalizer.min_samples=4",
