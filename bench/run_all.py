@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 
 from bench.common import REPO, RESULTS_VERSION, env_info
 
-BENCHMARKS = ("normalizer", "video", "weight_sync", "learner")
+BENCHMARKS = ("normalizer", "video", "weight_sync", "learner", "judge", "step_anatomy", "peer_trl")
 TIMEOUT_S = {"quick": 600, "full": 3600}
 
 
@@ -57,7 +57,9 @@ def run_one(name: str, quick: bool, json_path: Path, extra: Sequence[str] = ()) 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="every benchmark in its quick mode (< 60 s each)")
+    ap.add_argument("--quick", action="store_true",
+                    help="every benchmark in its quick mode (< 60 s each, but step_anatomy: it starts the trainer "
+                         "three times, ~3-5 min)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results.json"), help="results file (replaced)")
     ap.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these benchmarks")
     args = ap.parse_args(argv)

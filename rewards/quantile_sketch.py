@@ -20,13 +20,15 @@ Properties relied on elsewhere:
   equals ``numpy.quantile(..., method="linear")`` (to rounding).
 * **Mergeable**: ``merge`` combines two sketches (e.g. from several reward workers) into one of the same bound.
 * **Checkpointable**: ``state_dict`` is plain JSON (ints, floats, lists); ``from_state`` restores it bit for bit.
+* **Cheap repeated queries**: the answer of the last ``quantiles`` call is cached (a few floats) until the next
+  ``update``/``merge``, so asking for the same quantiles several times per step costs one sort, not several.
 
 Only finite floats may enter; callers filter NaN/inf first (``update`` raises on them rather than drop silently).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -42,6 +44,15 @@ def _splitmix64(x: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
     return z ^ (z >> 31)
+
+
+def _flat_key(qs: Any) -> Optional[tuple[float, ...]]:
+    """``qs`` as a tuple of floats when it is a flat sequence of numbers (the only form ``quantiles`` caches)."""
+    if isinstance(qs, np.ndarray):
+        return tuple(float(v) for v in qs.tolist()) if qs.ndim == 1 and qs.dtype.kind in "biuf" else None
+    if isinstance(qs, (list, tuple)) and all(isinstance(v, (int, float, np.integer, np.floating)) for v in qs):
+        return tuple(float(v) for v in qs)
+    return None
 
 
 def _capacities(k: int, levels: int) -> list[int]:
@@ -63,6 +74,8 @@ class QuantileSketch:
         self._min = math.inf
         self._max = -math.inf
         self._caps_cache: dict[int, list[int]] = {}
+        # (probabilities, estimates) of the last ``quantiles`` call; cleared by every change of the retained items
+        self._q_cache: Optional[tuple[tuple[float, ...], np.ndarray]] = None
 
     # -- capacities ------------------------------------------------------------------------------------------
     def _caps(self, levels: int) -> list[int]:
@@ -96,6 +109,7 @@ class QuantileSketch:
             return
         if not np.all(np.isfinite(arr)):
             raise ValueError("QuantileSketch.update got NaN or inf; filter non-finite values first")
+        self._q_cache = None
         self._min = min(self._min, float(arr.min()))
         self._max = max(self._max, float(arr.max()))
         self._n += int(arr.size)
@@ -110,6 +124,7 @@ class QuantileSketch:
             raise TypeError(f"can only merge a QuantileSketch, got {type(other).__name__}")
         if other._n == 0:
             return
+        self._q_cache = None
         while len(self._levels) < len(other._levels):
             self._levels.append(np.empty(0, dtype=np.float64))
         for h, buf in enumerate(other._levels):
@@ -174,8 +189,11 @@ class QuantileSketch:
         Weighted generalisation of numpy's ``linear`` method: an item of weight ``w`` whose weights before it
         sum to ``c`` sits at rank position ``c + (w - 1) / 2``; the answer at ``q`` interpolates linearly at
         position ``q·(n - 1)`` and is clamped to the exact min/max. With all weights 1 this is (to rounding)
-        ``numpy.quantile``.
+        ``numpy.quantile``. Repeating the previous call's ``qs`` before any update returns a copy of its answer.
         """
+        cached = self._q_cache
+        if cached is not None and _flat_key(qs) == cached[0]:  # validated when cached (NaN never compares equal)
+            return cached[1].copy()
         q = np.asarray(qs, dtype=np.float64)
         if q.size and (np.any(~np.isfinite(q)) or q.min() < 0.0 or q.max() > 1.0):
             raise ValueError(f"quantile probabilities must lie in [0, 1], got {qs!r}")
@@ -188,6 +206,9 @@ class QuantileSketch:
         est = np.clip(est, self._min, self._max)
         est[q == 0.0] = self._min
         est[q == 1.0] = self._max
+        key = _flat_key(qs)
+        if key is not None:
+            self._q_cache = (key, est.copy())
         return est
 
     def quantile(self, q: float) -> float:
