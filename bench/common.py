@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -288,3 +289,14 @@ def parser(benchmark: str, description: str) -> argparse.ArgumentParser:
                          "2-core machine two OpenMP threads stall under load: the same generate() call measured "
                          "0.07-2.4 s with 2 threads and a steady 0.14 s with 1")
     return ap
+
+
+def load_judge_stub() -> Any:
+    """tests/judge_http_stub.py (tests/ is not a package): the local OpenAI-compatible judge endpoint."""
+    path = REPO / "tests" / "judge_http_stub.py"
+    spec = importlib.util.spec_from_file_location("medgrpo_judge_http_stub", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the judge HTTP stub from {path}")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

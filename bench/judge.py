@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import math
 import multiprocessing
@@ -34,7 +33,7 @@ import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from actors.judge_backends import JudgeBackend
-from bench.common import REPO, Report, compare, fmt_num, parser, ratio
+from bench.common import REPO, Report, compare, fmt_num, load_judge_stub, parser, ratio
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 _REPLY = json.dumps({"terminology": 4, "instrument_anatomy": 5, "specificity": 3, "procedure_context": 4,
@@ -177,20 +176,10 @@ def cache_rates(n_items: int, backend: Any, rounds: int, min_time: float) -> dic
             "cache_hits": m.get("judge/cache_hits", 0.0), "noise": max(x.spread for x in t.values())}
 
 
-def _load_stub() -> Any:
-    path = REPO / "tests" / "judge_http_stub.py"
-    spec = importlib.util.spec_from_file_location("medgrpo_judge_http_stub", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load the judge HTTP stub from {path}")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _serve_stub(delay_s: float, backlog: int, urls: Any, stop: Any) -> None:
     """Child process: the HTTP stub until ``stop`` is set (its own interpreter, so its threads do not share the
     client's GIL: a hosted endpoint is not in the caller's process either)."""
-    server = _load_stub().JudgeServer(backlog=backlog, delay_s=delay_s)
+    server = load_judge_stub().JudgeServer(backlog=backlog, delay_s=delay_s)
     urls.put(server.url)
     try:
         stop.wait()

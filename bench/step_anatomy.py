@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import logging
 import os
 import statistics
@@ -40,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
-from bench.common import REPO, Report, fmt_num, parser
+from bench.common import REPO, Report, fmt_num, load_judge_stub, parser
 
 WARMUP_STEPS = 2
 #: The phases the driver times itself, in loop order; their sum is the step minus the driver's own overhead.
@@ -118,17 +117,6 @@ def samples_per_s(steps: Sequence[Mapping[str, float]], group_size: int, time_ke
 
 
 # -- running the trainer ------------------------------------------------------------------------------------------
-def _load_stub() -> Any:
-    """tests/judge_http_stub.py (tests/ is not a package): the local OpenAI-compatible judge endpoint."""
-    path = REPO / "tests" / "judge_http_stub.py"
-    spec = importlib.util.spec_from_file_location("medgrpo_judge_http_stub", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load the judge HTTP stub from {path}")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def build_assets(root: Path, seed: int) -> dict[str, str]:
     """Synthetic MedVidBench + the tiny Qwen2.5-VL (tokenizer trained on its questions and answers), as the demo."""
     from data.reader import read_instances
@@ -272,7 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if not args.quick:
         specs.append(RunSpec("async+judge", 1, True))
 
-    stub = _load_stub()
+    stub = load_judge_stub()
     delay = args.judge_delay
     server = stub.JudgeServer(backlog=128, delay_s=delay)
     results: dict[str, list[RunResult]] = {s.name: [] for s in specs}
