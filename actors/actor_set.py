@@ -103,7 +103,8 @@ class ActorSet:
                                  ).remote(
                 m.path, backend=r.backend, dtype=m.dtype, device=device, attn_implementation=m.attn_implementation,
                 max_frames=d.max_frames, max_pixels=d.max_pixels, min_pixels=d.min_pixels,
-                video_backend=d.video_backend, knowledge=knowledge,
+                video_backend=d.video_backend, knowledge=knowledge, batch_prompts=r.batch_prompts,
+                max_batch_prompts=r.max_batch_prompts,
                 vllm_kwargs={"gpu_memory_utilization": r.gpu_memory_utilization,
                              "tensor_parallel_size": r.tensor_parallel_size,
                              "enable_sleep_mode": r.enable_sleep_mode, "seed": cfg.seed})

@@ -1,5 +1,6 @@
-"""Rollout actor: decodes each prompt's video once, generates G samples with the configured backend, and keeps
-its weights in step with the learner (versioned; the version it serves is stamped on every sample)."""
+"""Rollout actor: decodes each prompt's video once, generates G samples with the configured backend (the hf
+backend batches all prompts of a call into one ``generate``), and keeps its weights in step with the learner
+(versioned; the version it serves is stamped on every sample)."""
 from __future__ import annotations
 
 import time
@@ -18,7 +19,12 @@ class RolloutWorker:
     def __init__(self, model_path: str, *, backend: str = "hf", dtype: str = "float32", device: str = "cpu",
                  attn_implementation: str = "sdpa", max_frames: int = 16, max_pixels: int = 48 * 28 * 28,
                  min_pixels: int = 4 * 28 * 28, video_backend: str = "auto", knowledge: Optional[dict] = None,
-                 vllm_kwargs: Optional[dict] = None) -> None:
+                 vllm_kwargs: Optional[dict] = None, batch_prompts: bool = True,
+                 max_batch_prompts: int = 0) -> None:
+        """``batch_prompts``: the hf backend generates all prompts of a ``generate`` call in one batch
+        (``max_batch_prompts`` > 0 caps the prompts per batch, e.g. to bound GPU memory); see ``generate``."""
+        if max_batch_prompts < 0:
+            raise ValueError(f"max_batch_prompts must be >= 0 (0 = no cap), got {max_batch_prompts}")
         if backend == "hf":
             self.engine: Any = HFBackend(model_path, dtype=dtype, device=device,
                                          attn_implementation=attn_implementation)
@@ -30,6 +36,8 @@ class RolloutWorker:
         self.video_opts = dict(max_frames=max_frames, max_pixels=max_pixels, min_pixels=min_pixels,
                                backend=video_backend)
         self.knowledge = knowledge or {}
+        self.batch_prompts = batch_prompts
+        self.max_batch_prompts = max_batch_prompts
         self.version = 0
         # the checksum covers the received buffers (before any cast to this copy's dtype): always verified
         self.receiver = WeightReceiver(version=-1, strict=True, verify=True, allow_same_version=True)
@@ -64,27 +72,59 @@ class RolloutWorker:
 
     # -- generation ----------------------------------------------------------------------------------------
     def generate(self, instances: list[Instance], n: int, *, max_new_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int = 0) -> list[PromptGroup | RolloutFailure]:
-        out: list[PromptGroup | RolloutFailure] = []
+                 top_p: float = 1.0, seed: int = 0, batched: Optional[bool] = None
+                 ) -> list[PromptGroup | RolloutFailure]:
+        """G = ``n`` completions per instance, in instance order; a prompt whose media fails is a ``RolloutFailure``.
+
+        ``batched`` (default: the worker's ``batch_prompts``) runs the hf backend once over all prompts x G rows
+        (``HFBackend.generate_batch``), seeded once with ``seed`` (with ``max_batch_prompts``, each chunk with
+        ``seed`` + the index of its first prompt); otherwise each prompt is its own call seeded
+        ``seed + i`` (the vLLM backend always takes this path). Both give the same prompt ids and vision inputs;
+        greedy output is the same, sampled output differs only through the RNG stream.
+        """
+        batched = self.batch_prompts if batched is None else batched
+        out: list[PromptGroup | RolloutFailure | None] = [None] * len(instances)
+        encoded: list[tuple[int, dict[str, Any], dict[str, Any], float]] = []
         for i, inst in enumerate(instances):
             t0 = time.perf_counter()
             try:
                 inputs, raw = self.encode_prompt(inst)
             except Exception as e:  # corrupt video, path outside roots, ...: reported, never a crash mid-run
                 reason = getattr(e, "reason", type(e).__name__)
-                out.append(RolloutFailure(inst.uid, f"media:{reason}", str(e)[:300]))
+                out[i] = RolloutFailure(inst.uid, f"media:{reason}", str(e)[:300])
+                continue
+            decode_s = time.perf_counter() - t0
+            if batched and isinstance(self.engine, HFBackend):
+                encoded.append((i, inputs, raw, decode_s))
                 continue
             t1 = time.perf_counter()
             completions = self.engine.generate(inputs, raw, n, max_new_tokens=max_new_tokens,
                                                temperature=temperature, top_p=top_p, seed=seed + i)
-            t2 = time.perf_counter()
-            mm = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-            out.append(PromptGroup(
-                instance_id=inst.uid, qa_type=inst.qa_type, data_source=inst.data_source,
-                prompt_ids=inputs["input_ids"][0].tolist(), mm_inputs=mm, completions=completions,
-                policy_version=self.version, temperature=temperature,
-                extra={"decode_s": t1 - t0, "generate_s": t2 - t1}))
-        return out
+            out[i] = self._group(inst, inputs, completions, temperature,
+                                 {"decode_s": decode_s, "generate_s": time.perf_counter() - t1})
+        step = self.max_batch_prompts or len(encoded) or 1
+        for start in range(0, len(encoded), step):
+            chunk = encoded[start:start + step]
+            t1 = time.perf_counter()
+            per_prompt = self.engine.generate_batch([inp for _, inp, _, _ in chunk], n, max_new_tokens=max_new_tokens,
+                                                    temperature=temperature, top_p=top_p, seed=seed + start)
+            # the batch's wall time split evenly, so summing generate_s over groups gives the time spent
+            gen_s = (time.perf_counter() - t1) / len(chunk)
+            for (i, inputs, _, decode_s), completions in zip(chunk, per_prompt):
+                out[i] = self._group(instances[i], inputs, completions, temperature,
+                                     {"decode_s": decode_s, "generate_s": gen_s, "batch_prompts": len(chunk)})
+        if any(g is None for g in out):  # every prompt is a group or a failure; anything else is a bug here
+            raise RuntimeError("rollout lost a prompt: " + ", ".join(inst.uid for inst, g in zip(instances, out)
+                                                                    if g is None))
+        return out  # type: ignore[return-value]
+
+    def _group(self, inst: Instance, inputs: dict[str, Any], completions: list, temperature: float,
+               extra: dict[str, Any]) -> PromptGroup:
+        mm = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        return PromptGroup(
+            instance_id=inst.uid, qa_type=inst.qa_type, data_source=inst.data_source,
+            prompt_ids=inputs["input_ids"][0].tolist(), mm_inputs=mm, completions=completions,
+            policy_version=self.version, temperature=temperature, extra=extra)
 
     # -- weights -------------------------------------------------------------------------------------------
     def apply_weights(self, payload: WeightPayload) -> int:

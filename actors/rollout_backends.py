@@ -49,6 +49,46 @@ def _stop_ids(tokenizer: Any, generation_config: Any = None) -> set[int]:
     return ids
 
 
+_PER_TOKEN_KEYS = frozenset({"input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids"})
+
+
+def collate_prompts(inputs_list: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """One model-input batch from single-row encoded prompts (the processor's output for one prompt each).
+
+    Per-token tensors (``input_ids``, ``attention_mask``, ``mm_token_type_ids``: ``[1, L]`` each) are left-padded
+    to the longest prompt (``pad_id`` for ids, 0 otherwise); vision tensors (pixel values, grids, seconds per
+    grid) are concatenated along their first axis in prompt order, as Qwen2.5-VL expects for a batch.
+    """
+    width = max(int(inp["input_ids"].shape[-1]) for inp in inputs_list)
+    rows: dict[str, list[torch.Tensor]] = {}
+    media: dict[str, list[torch.Tensor]] = {}
+    token_keys = {k for inp in inputs_list for k in inp if k in _PER_TOKEN_KEYS}
+    for i, inp in enumerate(inputs_list):
+        ids = inp["input_ids"]
+        if ids.dim() != 2 or ids.shape[0] != 1:
+            raise ValueError(f"prompt {i}: input_ids must be one row [1, L], got {tuple(ids.shape)}")
+        length = ids.shape[1]
+        # a prompt without a per-token input others have: all real tokens (mask 1), text tokens (type 0)
+        inp = {**inp, **{k: (torch.ones_like(ids) if k == "attention_mask" else torch.zeros_like(ids))
+                         for k in token_keys | {"attention_mask"} if inp.get(k) is None}}
+        for k, v in inp.items():
+            if v is None:
+                continue
+            if k in _PER_TOKEN_KEYS:
+                v = torch.as_tensor(v)
+                if v.shape != ids.shape:
+                    raise ValueError(f"prompt {i}: {k} shape {tuple(v.shape)} != input_ids {tuple(ids.shape)}")
+                fill = pad_id if k == "input_ids" else 0
+                pad = torch.full((1, width - length), fill, dtype=v.dtype, device=v.device)
+                rows.setdefault(k, []).append(torch.cat([pad, v], dim=1))
+            else:
+                media.setdefault(k, []).append(torch.as_tensor(v))
+    batch: dict[str, Any] = {k: torch.cat(v, dim=0) for k, v in rows.items()}
+    for k, parts in media.items():
+        batch[k] = torch.cat([p.reshape(1) if p.dim() == 0 else p for p in parts], dim=0)
+    return batch
+
+
 class HFBackend:
     """transformers ``generate`` with sampling; the model is the one ``learner.model_io`` loads."""
 
@@ -65,28 +105,25 @@ class HFBackend:
         self.suppressed = _suppressed_ids(self.tokenizer, self.stop_ids)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.stop_ids)
 
-    @torch.no_grad()
-    def generate(self, inputs: dict[str, Any], raw_media: dict[str, Any], n: int, *, max_new_tokens: int,
-                 temperature: float, top_p: float, seed: int) -> list[Completion]:
+    def _gen_config(self, n: int, *, max_new_tokens: int, temperature: float, top_p: float) -> Any:
         from transformers import GenerationConfig
 
         greedy = temperature <= 0.0
         # A fresh GenerationConfig: a real checkpoint's generation_config.json (repetition penalty, top_k,
         # tiny top_p) must not silently change the sampling distribution the log-probs describe.
-        gen_cfg = GenerationConfig(
+        return GenerationConfig(
             do_sample=not greedy, temperature=None if greedy else temperature, top_p=None if greedy else top_p,
             top_k=None, repetition_penalty=None, max_new_tokens=max_new_tokens,
             num_return_sequences=1 if greedy else n, eos_token_id=sorted(self.stop_ids), pad_token_id=self.pad_id,
             suppress_tokens=self.suppressed or None,
             return_dict_in_generate=True, output_logits=True,
         )
-        model_inputs = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
-        torch.manual_seed(seed)
-        out = self.model.generate(**model_inputs, generation_config=gen_cfg)
-        prompt_len = model_inputs["input_ids"].shape[1]
+
+    def _completions(self, out: Any, prompt_len: int, temperature: float) -> list[Completion]:
+        """One ``Completion`` per output row: ids cut after the first stop token, with their behaviour log-probs."""
         seqs = out.sequences[:, prompt_len:]
         logits = torch.stack(out.logits, dim=1).float()  # [rows, steps, V], raw (before processors)
-        if not greedy:
+        if temperature > 0.0:
             logits = logits / temperature
         logp = torch.log_softmax(logits, dim=-1).gather(-1, seqs[:, : logits.shape[1]].unsqueeze(-1)).squeeze(-1)
         completions = []
@@ -99,9 +136,44 @@ class HFBackend:
                 response_ids=ids, logprobs=logp[row, :end].tolist(),
                 text=self.tokenizer.decode(ids, skip_special_tokens=True),
                 finish_reason="stop" if stop is not None else "length"))
-        if greedy:  # greedy decoding is deterministic: G identical samples
+        return completions
+
+    @torch.no_grad()
+    def generate(self, inputs: dict[str, Any], raw_media: dict[str, Any], n: int, *, max_new_tokens: int,
+                 temperature: float, top_p: float, seed: int) -> list[Completion]:
+        gen_cfg = self._gen_config(n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        model_inputs = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
+        torch.manual_seed(seed)
+        out = self.model.generate(**model_inputs, generation_config=gen_cfg)
+        completions = self._completions(out, model_inputs["input_ids"].shape[1], temperature)
+        if temperature <= 0.0:  # greedy decoding is deterministic: G identical samples
             completions = [completions[0]] * n
         return completions
+
+    @torch.no_grad()
+    def generate_batch(self, inputs_list: list[dict[str, Any]], n: int, *, max_new_tokens: int,
+                       temperature: float, top_p: float, seed: int) -> list[list[Completion]]:
+        """G samples for each of several encoded prompts in ONE ``model.generate`` over prompts x G rows.
+
+        Prompts are left-padded (attention mask 0 on the pad) and their vision tensors concatenated in prompt
+        order; Qwen2.5-VL consumes images and videos through separate placeholder streams, so image, video and
+        text-only prompts can share a batch. Rows are prompt-major (prompt 0's G samples, then prompt 1's, ...).
+        The batch is seeded once with ``seed``: its samples are not those of per-prompt calls seeded
+        ``seed + i``. Greedy output equals the per-prompt path's up to float rounding of the padded forward.
+        """
+        if not inputs_list:
+            return []
+        gen_cfg = self._gen_config(n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        batch = collate_prompts(inputs_list, self.pad_id)
+        model_inputs = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        torch.manual_seed(seed)
+        out = self.model.generate(**model_inputs, generation_config=gen_cfg)
+        rows = self._completions(out, model_inputs["input_ids"].shape[1], temperature)
+        per = 1 if temperature <= 0.0 else n
+        if len(rows) != per * len(inputs_list):
+            raise RuntimeError(f"batched generate returned {len(rows)} rows for {len(inputs_list)} prompts x {per}")
+        groups = [rows[i * per:(i + 1) * per] for i in range(len(inputs_list))]
+        return [g * n if per == 1 else g for g in groups]
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         params = dict(self.model.named_parameters())

@@ -186,7 +186,8 @@ def rollout_vs_plain(worker: Any, video: list[Any], max_new_tokens: int, rounds:
     inputs = [e[0] for e in encoded]
 
     def run_worker() -> list[list[int]]:
-        groups = worker.generate(video, G, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
+        groups = worker.generate(video, G, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed,
+                                 batched=False)  # the per-prompt path, like for like with the plain loop
         bad = [g for g in groups if not hasattr(g, "completions")]
         if bad:
             raise RuntimeError(f"rollout failed: {bad[:2]}")

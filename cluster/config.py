@@ -83,6 +83,10 @@ class RolloutConfig:
     gpu_memory_utilization: float = bounded(0.5, 0.05, 0.95)
     tensor_parallel_size: int = bounded(1, 1)
     enable_sleep_mode: bool = False
+    # hf backend: one generate over all of a call's prompts x G (1.7-2x the per-prompt loop on CPU); 0 = no cap on
+    # the prompts per batch (set one to bound GPU memory)
+    batch_prompts: bool = True
+    max_batch_prompts: int = bounded(0, 0)
     num_cpus: float = bounded(1.0, 0.0)
     num_gpus: float = bounded(0.0, 0.0)
 

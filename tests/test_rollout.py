@@ -1,6 +1,7 @@
 """Rollout actor: behaviour log-probs agree with the learner's recomputation (ratio 1 at step 0) for greedy and
-sampled decoding on video and image prompts; weight sync makes the rollout copy equal the learner's; GRPO on an
-easy reward learns; a corrupt video is reported, not a crash."""
+sampled decoding on video and image prompts, batched (all prompts in one generate) and per prompt; the batched
+path gives the per-prompt path's prompt ids, vision inputs and greedy tokens; weight sync makes the rollout copy
+equal the learner's; GRPO on an easy reward learns; a corrupt video is reported, not a crash."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from actors.rollout import RolloutWorker
+from actors.rollout_backends import collate_prompts
 from cluster.config import load_config
 from data.reader import read_instances
 from learner.deepspeed_learner import DeepSpeedLearner, build_policy_batch
@@ -40,9 +42,10 @@ def learner(tiny_model_dir):
     lrn.shutdown()
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_behaviour_logprobs_match_learner(worker, learner, prompts, temperature):
-    groups = worker.generate(prompts, 3, max_new_tokens=12, temperature=temperature, seed=1)
+@pytest.mark.parametrize("temperature,batched", [(0.0, True), (1.0, True), (1.0, False)])
+def test_behaviour_logprobs_match_learner(worker, learner, prompts, temperature, batched):
+    groups = worker.generate(prompts, 3, max_new_tokens=12, temperature=temperature, seed=1, batched=batched)
+    assert all(g.extra.get("batch_prompts", 1) == (len(prompts) if batched else 1) for g in groups)
     assert all(hasattr(g, "completions") for g in groups), groups
     assert {bool(g.mm_inputs.get("pixel_values_videos") is not None) for g in groups} == {True, False}
     for g in groups:
@@ -56,6 +59,52 @@ def test_behaviour_logprobs_match_learner(worker, learner, prompts, temperature)
     assert diff.max().item() < LOGPROB_ATOL, diff.max()
     ratio = torch.exp(new[mask] - batch["old_logprobs"][mask])
     assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-3)
+
+
+def test_batched_greedy_equals_per_prompt(worker, prompts):
+    """Video file, frame list and image prompts of different lengths in one batch (so left padding is exercised):
+    same prompt ids, vision inputs and greedy tokens as one call per prompt; chunked batches too."""
+    mixed = prompts + prompts[2:]  # two image prompts around the videos
+    per = worker.generate(mixed, 2, max_new_tokens=16, temperature=0.0, batched=False)
+    whole = worker.generate(mixed, 2, max_new_tokens=16, temperature=0.0, batched=True)
+    worker.max_batch_prompts = 3
+    try:
+        chunked = worker.generate(mixed, 2, max_new_tokens=16, temperature=0.0, batched=True)
+    finally:
+        worker.max_batch_prompts = 0
+    assert len({len(g.prompt_ids) for g in per}) > 1, "prompts of one length would not test the padding"
+    assert [g.extra["batch_prompts"] for g in chunked] == [3, 3, 3, 1]
+    for ref, *others in zip(per, whole, chunked):
+        assert sum(len(c.response_ids) for c in ref.completions) >= 4
+        for g in others:
+            assert g.instance_id == ref.instance_id and g.prompt_ids == ref.prompt_ids
+            assert g.mm_inputs.keys() == ref.mm_inputs.keys()
+            assert all(torch.equal(torch.as_tensor(g.mm_inputs[k]), torch.as_tensor(ref.mm_inputs[k]))
+                       for k in ref.mm_inputs)
+            assert [c.response_ids for c in g.completions] == [c.response_ids for c in ref.completions]
+            for c, r in zip(g.completions, ref.completions):
+                assert c.finish_reason == r.finish_reason
+                assert torch.allclose(torch.tensor(c.logprobs), torch.tensor(r.logprobs), atol=LOGPROB_ATOL)
+
+
+def test_collate_prompts_left_pads_and_concatenates_media():
+    a = {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3, dtype=torch.long),
+         "mm_token_type_ids": torch.tensor([[0, 2, 0]]), "pixel_values_videos": torch.ones(2, 4),
+         "video_grid_thw": torch.tensor([[1, 1, 2]]), "second_per_grid_ts": [0.5]}
+    b = {"input_ids": torch.tensor([[8, 9]]), "attention_mask": torch.ones(1, 2, dtype=torch.long),
+         "pixel_values": torch.zeros(3, 4), "image_grid_thw": torch.tensor([[1, 1, 3]])}
+    c = {"input_ids": torch.tensor([[4]]), "pixel_values_videos": torch.full((1, 4), 2.0),
+         "video_grid_thw": torch.tensor([[1, 1, 1]]), "second_per_grid_ts": [2.0]}
+    batch = collate_prompts([a, b, c], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 8, 9], [0, 0, 4]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 1, 1], [0, 0, 1]]
+    assert batch["mm_token_type_ids"].tolist() == [[0, 2, 0], [0, 0, 0], [0, 0, 0]]
+    assert batch["pixel_values_videos"][:, 0].tolist() == [1.0, 1.0, 2.0]
+    assert batch["video_grid_thw"].tolist() == [[1, 1, 2], [1, 1, 1]]
+    assert batch["second_per_grid_ts"].tolist() == [0.5, 2.0]
+    assert batch["pixel_values"].shape == (3, 4) and batch["image_grid_thw"].tolist() == [[1, 1, 3]]
+    with pytest.raises(ValueError, match="one row"):
+        collate_prompts([{"input_ids": torch.tensor([1, 2])}], pad_id=0)
 
 
 def test_no_vision_placeholder_in_responses(worker, prompts):

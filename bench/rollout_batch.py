@@ -1,0 +1,75 @@
+"""Benchmark: hf rollout with all prompts in one batched ``generate`` vs one ``generate`` per prompt (tiny Qwen2.5-VL).
+
+``RolloutWorker.generate(..., batched=True)`` (one ``model.generate`` over prompts x G rows) against
+``batched=False`` (one call of G rows per prompt), same worker, same MP4 prompts, sampling at temperature 1,
+interleaved rounds (``bench.common.compare``). Both include video decode and prompt encoding. The two paths draw
+different random streams, so response lengths differ a little: samples/s and generated tokens/s are both shown,
+and the headline ratio is of tokens/s (per-round medians).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from bench.common import Report, compare, fmt_num, parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    ap = parser("rollout_batch", __doc__.split("\n")[0])
+    ap.add_argument("--prompts", type=int, default=4, help="prompts per generate call (default 4)")
+    ap.add_argument("--group", type=int, default=4, help="samples per prompt, G (default 4)")
+    ap.add_argument("--max-new-tokens", type=int, default=32, help="default 32")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    rep = Report("rollout_batch", args, uses_torch=True)
+    rounds, min_time = (3, 0.5) if args.quick else (7, 2.0)
+
+    from actors.rollout import RolloutWorker
+    from data.reader import read_instances
+    from data.synthetic import generate
+    from learner.tiny_model import build_tiny_model
+
+    with tempfile.TemporaryDirectory(prefix="bench-rollout-batch-") as tmp:
+        files = generate(str(Path(tmp) / "synth"), n_per_task=2, seed=args.seed)
+        instances = read_instances(files["train"]).instances
+        corpus = [t for i in instances for t in (i.question, i.answer) if t]
+        model_path = str(build_tiny_model(Path(tmp) / "model", corpus_texts=corpus, seed=args.seed))
+        worker = RolloutWorker(model_path)
+        video = [i for i in instances if isinstance(i.video, str)][: args.prompts]
+        if len(video) < args.prompts:
+            raise RuntimeError(f"synthetic data has only {len(video)} MP4 prompts, need {args.prompts}")
+        counts: dict[str, list[tuple[int, int]]] = {"batched": [], "per_prompt": []}
+
+        def run(batched: bool) -> None:
+            name = "batched" if batched else "per_prompt"
+            groups = worker.generate(video, args.group, max_new_tokens=args.max_new_tokens, temperature=1.0,
+                                     seed=len(counts[name]), batched=batched)
+            bad = [g for g in groups if not hasattr(g, "completions")]
+            if bad:
+                raise RuntimeError(f"rollout failed: {bad[:2]}")
+            comps = [c for g in groups for c in g.completions]
+            counts[name].append((len(comps), sum(len(c.response_ids) for c in comps)))
+
+        timings = compare({"batched": lambda: run(True), "per_prompt": lambda: run(False)},
+                          rounds=rounds, min_time=min_time)
+        rows = []
+        for name, t in timings.items():
+            samples = sum(s for s, _ in counts[name]) / len(counts[name])
+            tokens = sum(k for _, k in counts[name]) / len(counts[name])
+            rows.append({"path": name, "s_per_call": t.median, "spread": t.spread, "samples_per_s": samples / t.median,
+                         "tokens_per_s": tokens / t.median, "mean_response_tokens": tokens / samples,
+                         "calls": t.calls})
+        rep.table("rollout_batch", f"hf rollout, {args.prompts} prompts x G={args.group}, {args.max_new_tokens} new "
+                  f"tokens, sampling T=1 (medians over {rounds} interleaved rounds)", rows,
+                  [(k, k.replace("_", " "), fmt_num) for k in ("path", "s_per_call", "spread", "samples_per_s",
+                                                                "tokens_per_s", "mean_response_tokens", "calls")])
+        by = {r["path"]: r for r in rows}
+        for unit in ("samples_per_s", "tokens_per_s"):
+            rep.summary[f"batched_vs_per_prompt_{unit}"] = by["batched"][unit] / by["per_prompt"][unit]
+    return rep.finish()
+
+
+if __name__ == "__main__":
+    main()
