@@ -205,6 +205,11 @@ def stub_server(delay_s: float, backlog: int) -> Iterator[str]:
             proc.join(timeout=5)
 
 
+SWEEP_COLUMNS = [("batch", "batch size", str), ("items_s", "items/s", fmt_num),
+                 ("ideal_items_s", "ideal items/s", fmt_num), ("efficiency", "measured / ideal", fmt_num), ("vs_one_by_one", "speed-up vs one by one", fmt_num),
+                 ("noise", "noise", lambda x: fmt_num(x, 2))]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     ap = parser("judge", __doc__.split("\n")[0])
     ap.add_argument("--latency", type=float, default=0.0,
@@ -230,10 +235,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     t, _ = batch_sweep(n_items, BATCH_SIZES, lambda b: FakeBackend(latency, per_item), rounds)
     rows = sweep_rows(t, n_items, BATCH_SIZES, lambda b: ideal_items_per_s(n_items, b, latency, per_item))
     rep.table("fake_backend", f"JudgeCore.score over {n_items} distinct caption pairs, backend with {latency * 1e3:g} "
-              f"ms per call + {per_item * 1e3:g} ms per item (cache off)", rows, [
-                  ("batch", "batch size", str), ("items_s", "items/s", fmt_num),
-                  ("ideal_items_s", "ideal items/s", fmt_num), ("efficiency", "measured / ideal", fmt_num),
-                  ("vs_one_by_one", "speed-up vs one by one", fmt_num), ("noise", "noise", lambda x: fmt_num(x, 2))])
+              f"ms per call + {per_item * 1e3:g} ms per item (cache off)", rows, SWEEP_COLUMNS)
     by_b = {r["batch"]: r for r in rows}
 
     # 2. real HTTP, one request per item, b in flight
@@ -250,10 +252,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             be.close()
     http_rows = sweep_rows(t_http, n_items, BATCH_SIZES, lambda b: ideal_items_per_s(n_items, b, http_delay, 0.0))
     rep.table("http", f"openai backend against the local HTTP stub ({http_delay * 1e3:g} ms per request), "
-              f"{n_items} pairs, batch b = b requests in flight (stub in its own process)", http_rows, [
-                  ("batch", "batch size", str), ("items_s", "items/s", fmt_num),
-                  ("ideal_items_s", "ideal items/s", fmt_num), ("efficiency", "measured / ideal", fmt_num),
-                  ("vs_one_by_one", "speed-up vs one by one", fmt_num), ("noise", "noise", lambda x: fmt_num(x, 2))])
+              f"{n_items} pairs, batch b = b requests in flight (stub in its own process)", http_rows, SWEEP_COLUMNS)
     http_b = {r["batch"]: r for r in http_rows}
 
     # 3. cache
