@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,8 @@ class ActorSet:
             c = cfg.curriculum
             self.curriculum = CurriculumActor.options(
                 name=self.prefix + "curriculum", max_restarts=restarts, max_task_retries=restarts).remote(
-                snapshot_path=str(self.snapshot_dir / "curriculum.json"), tau0=c.tau0, tau_max=c.tau_max, window=c.window, margin=c.margin, schedule=c.schedule,
+                snapshot_path=str(self.snapshot_dir / "curriculum.json"), tau0=c.tau0, tau_max=c.tau_max,
+                window=c.window, margin=c.margin, schedule=c.schedule,
                 delta_max=c.delta_max, delta_min=c.delta_min)
         self.judge = None
         if cfg.reward.judge.backend != "none":
@@ -300,8 +302,6 @@ class ActorSet:
 def _wait_restarted(actor: Any, timeout: float) -> None:
     """Block until ``actor`` answers a ping. While Ray restarts it, calls fail with ``ActorUnavailableError``:
     poll; ``ActorDiedError`` (restarts used up) and the timeout are raised."""
-    import time
-
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -141,13 +141,14 @@ class LearnerGroup:
         todo = [refs] if single else list(refs)
         deadline = time.monotonic() + t
         pending = list(todo)
+        results: dict[Any, Any] = {}
         try:
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1, timeout=max(deadline - time.monotonic(), 0.0))
                 if not ready:
                     raise LearnerError(f"learner {what} did not finish within {t:.0f} s (cluster.get_timeout_s); "
                                        f"a rank may be lost or stuck in a collective")
-                ray.get(ready[0], timeout=t)  # raises if that rank failed
+                results[ready[0]] = ray.get(ready[0], timeout=t)  # raises if that rank failed
         except ray.exceptions.RayActorError as e:
             rank = next((i for i, a in enumerate(self.ranks) if a._actor_id.hex() == getattr(e, "actor_id", None)),
                         None)
@@ -156,7 +157,7 @@ class LearnerGroup:
             raise LearnerError(f"learner {who} died during {what} ({type(e).__name__}); the learner group is "
                                f"stopped. Resume the run from its last checkpoint (resume=auto, or "
                                f"`medgrpo resume RUN_DIR`)") from None
-        out = ray.get(todo, timeout=t)
+        out = [results[r] for r in todo]
         return out[0] if single else out
 
     def abort(self) -> None:

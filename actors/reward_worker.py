@@ -418,7 +418,7 @@ class RewardWorkerPool:
         for w, shard in enumerate(shards):
             res = self._shard_result(w, pending[w], [items[i] for i in shard], iou_threshold, deadline)
             if res is None:
-                continue  # lost: those items stay None (counted in self.lost)
+                continue  # lost: those items stay None (counted in self.faults)
             if len(res) != len(shard):
                 raise RuntimeError(f"reward worker returned {len(res)} results for {len(shard)} items")
             for i, s in zip(shard, res):

@@ -61,7 +61,7 @@ class RolloutWorker:
             try:
                 inputs, _ = self.encode_prompt(inst)
             except Exception as e:  # reported like a rollout failure
-                out.append(RolloutFailure(inst.uid, f"media:{getattr(e, 'reason', type(e).__name__)}", str(e)[:300]))
+                out.append(_media_failure(inst, e))
                 continue
             mm = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
             prompt = inputs["input_ids"][0].tolist()
@@ -90,8 +90,7 @@ class RolloutWorker:
             try:
                 inputs, raw = self.encode_prompt(inst)
             except Exception as e:  # corrupt video, path outside roots, ...: reported, never a crash mid-run
-                reason = getattr(e, "reason", type(e).__name__)
-                out[i] = RolloutFailure(inst.uid, f"media:{reason}", str(e)[:300])
+                out[i] = _media_failure(inst, e)
                 continue
             decode_s = time.perf_counter() - t0
             if batched and isinstance(self.engine, HFBackend):
@@ -148,6 +147,11 @@ class RolloutWorker:
     def wake_up(self) -> None:
         self.engine.wake_up()
 
+
+
+def _media_failure(inst: Instance, e: Exception) -> RolloutFailure:
+    """A prompt whose media could not be loaded, with the loader's reason (``VideoError.reason``) when it has one."""
+    return RolloutFailure(inst.uid, f"media:{getattr(e, 'reason', type(e).__name__)}", str(e)[:300])
 
 @ray.remote
 class RolloutActor(RolloutWorker):

@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from cluster.checkpoints import json_default
+
 log = logging.getLogger(__name__)
 
 
@@ -60,15 +62,6 @@ class ActorSnapshot:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         tmp.write_text(json.dumps({"state": state, "call_id": call_id, "result": result,
-                                   "restores": self.restores}, default=_plain))
+                                   "restores": self.restores}, default=json_default))
         os.replace(tmp, self.path)
 
-
-def _plain(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.integer, np.floating)):
-        return o.item()
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")

@@ -100,14 +100,15 @@ class CheckpointManager:
 
 def write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1, default=_json_default))
+    path.write_text(json.dumps(obj, indent=1, default=json_default))
 
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """``json.dumps(default=...)`` for the NumPy arrays/scalars and tuples that states and metrics hold."""
     import numpy as np
 
     if isinstance(o, np.ndarray):

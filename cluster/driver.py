@@ -28,6 +28,8 @@ from learner.losses import compute_advantages, filter_zero_variance
 from rewards.assembly import SampleReward, combine, normalization_requests, raw_reward
 
 log = logging.getLogger("medgrpo")
+# the phases of a step the driver waits on (time/decode_s is the actors' share of generate, not one of them)
+WAITED_PHASES = ("generate", "reward", "normalize", "train", "sync")
 
 
 @dataclass
@@ -235,7 +237,7 @@ class Trainer:
                     metrics["time/step_s"] = time.perf_counter() - t0
                     # the driver's own cost: the step's wall time not spent waiting on a phase's actors
                     metrics["time/overhead_s"] = metrics["time/step_s"] - sum(
-                        metrics.get(f"time/{k}_s", 0.0) for k in ("generate", "reward", "normalize", "train", "sync"))
+                        metrics.get(f"time/{k}_s", 0.0) for k in WAITED_PHASES)
                     metrics["stage/index"] = self.stage_index
                     self.tracker.log_metrics(metrics, step=self.global_step)
                     progress.update(step=self.global_step, stage=stage.name,
@@ -411,7 +413,7 @@ class Trainer:
         metrics["policy/version"] = self.weight_version
         metrics["curriculum/tau"] = tau if tau is not None else 0.0
         tokens = sum(len(c.response_ids) for g in kept for c in g.completions)
-        step_time = sum(v for k, v in timings.items() if k != "decode")  # decode is part of generate
+        step_time = sum(timings[k] for k in WAITED_PHASES)
         # the actors' own generation time: in async mode the driver's wait on generate is not the time it took
         gen_s = sum(g.extra.get("generate_s", 0.0) for g in kept)
         metrics["throughput/tokens_per_s"] = tokens / max(gen_s, 1e-9)
