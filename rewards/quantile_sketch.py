@@ -191,8 +191,9 @@ class QuantileSketch:
         position ``q·(n - 1)`` and is clamped to the exact min/max. With all weights 1 this is (to rounding)
         ``numpy.quantile``. Repeating the previous call's ``qs`` before any update returns a copy of its answer.
         """
+        key = _flat_key(qs)
         cached = self._q_cache
-        if cached is not None and _flat_key(qs) == cached[0]:  # validated when cached (NaN never compares equal)
+        if cached is not None and key == cached[0]:  # validated when cached (NaN never compares equal)
             return cached[1].copy()
         q = np.asarray(qs, dtype=np.float64)
         if q.size and (np.any(~np.isfinite(q)) or q.min() < 0.0 or q.max() > 1.0):
@@ -206,7 +207,6 @@ class QuantileSketch:
         est = np.clip(est, self._min, self._max)
         est[q == 0.0] = self._min
         est[q == 1.0] = self._max
-        key = _flat_key(qs)
         if key is not None:
             self._q_cache = (key, est.copy())
         return est
