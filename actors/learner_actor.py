@@ -59,7 +59,9 @@ class _LearnerRankImpl:
 
     @ray.method(num_returns=2)
     def weight_payload(self) -> tuple[int, Optional[WeightPayload]]:
-        payload = self._l().weight_payload()
+        # No copy of the live parameters: Ray puts the returned payload in the object store before this actor
+        # runs its next call (one call at a time), so no optimizer step can change them in between.
+        payload = self._l().weight_payload(copy=False)
         return self._l().version, payload
 
     def set_lr(self, lr: float) -> None:

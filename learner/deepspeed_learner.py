@@ -858,20 +858,28 @@ class DeepSpeedLearner:
         return out
 
     # -- weights -------------------------------------------------------------------------------------------
-    def state_for_sync(self, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> tuple[int, dict[str, torch.Tensor]]:
+    def state_for_sync(self, bucket_bytes: int = DEFAULT_BUCKET_BYTES, copy: bool = True
+                       ) -> tuple[int, dict[str, torch.Tensor]]:
         """(version, full named CPU tensors) on rank 0; (version, {}) elsewhere. All ranks must call it (ZeRO-3
-        gathers the shards chunk by chunk)."""
+        gathers the shards chunk by chunk). ``copy=False`` returns the live CPU parameters themselves where they are
+        whole (no ZeRO-3): only for a caller that is done with them before the next optimizer step."""
         self._require_engine()
         out: dict[str, torch.Tensor] = {}
         for chunk in iter_gathered(self.model, bucket_bytes):
             if self.rank == 0:
                 for name, p in chunk:
-                    out[name] = p.detach().to("cpu", copy=True)
+                    # a ZeRO-3 parameter is whole only inside the gather: always copy it out
+                    out[name] = p.detach().to("cpu", copy=copy or hasattr(p, "ds_id"))
         return self.version, out
 
-    def weight_payload(self) -> Optional[WeightPayload]:
-        """The object-store payload (rank 0; None elsewhere). All ranks must call it."""
-        version, sd = self.state_for_sync()
+    def weight_payload(self, copy: bool = True) -> Optional[WeightPayload]:
+        """The object-store payload (rank 0; None elsewhere). All ranks must call it.
+
+        ``copy=False``: on CPU without ZeRO-3, tensors over 1 MiB travel as views of the live parameters, so the
+        object store's copy is the only one the sender makes (``bench.weight_sync``: the ``shared`` candidate).
+        Only for a caller that puts the payload in the object store before the next step changes the parameters,
+        as the learner actor does by returning it."""
+        version, sd = self.state_for_sync(copy=copy)
         return pack_weights(version, sd, copy=False) if self.rank == 0 else None
 
     def init_weight_sync(self, master_addr: str, master_port: int, world_size: int,

@@ -246,6 +246,8 @@ def test_sft_step_loss_equals_hf_loss(tiny_dir):
 
 # ---------------------------------------------------------------------------------------------- weight sync
 def test_weight_payload_roundtrip_through_object_store(ray_local, learner, tiny_dir):
+    if learner.version == 0:  # run alone (-k): move the weights away from the checkpoint's first
+        learner.train_step(_batch())
     payload = learner.weight_payload()
     assert payload.version == learner.version and payload.checksum == weights_checksum(learner.model)
     fetched = ray_local.get(ray_local.put(payload), timeout=60)
@@ -262,6 +264,19 @@ def test_weight_payload_roundtrip_through_object_store(ray_local, learner, tiny_
     with pytest.raises(WeightSyncError, match="shape mismatch"):
         WeightReceiver(strict=False).apply(model, bad)
     assert weights_checksum(model) == payload.checksum  # refused payloads wrote nothing
+
+
+def test_state_for_sync_without_copy_shares_the_live_parameters(learner):
+    """ZeRO-0 on CPU: ``copy=False`` hands out the parameters themselves (the learner actor's export makes no copy
+    of its own; the object store's is the only one), ``copy=True`` fresh memory with the same values."""
+    live = {n: p for n, p in learner.model.named_parameters()}
+    _, shared = learner.state_for_sync(copy=False)
+    _, copied = learner.state_for_sync()
+    assert shared.keys() == copied.keys() and shared
+    for n, t in shared.items():
+        assert t.data_ptr() == live[n].data_ptr(), n
+        assert copied[n].data_ptr() != live[n].data_ptr() and torch.equal(copied[n], live[n]), n
+    assert learner.weight_payload(copy=False).checksum == learner.weight_payload().checksum
 
 
 def test_bucketed_broadcast_over_gloo():
