@@ -76,11 +76,12 @@ class RolloutWorker:
                  ) -> list[PromptGroup | RolloutFailure]:
         """G = ``n`` completions per instance, in instance order; a prompt whose media fails is a ``RolloutFailure``.
 
-        ``batched`` (default: the worker's ``batch_prompts``) runs the hf backend once over all prompts x G rows
-        (``HFBackend.generate_batch``), seeded once with ``seed`` (with ``max_batch_prompts``, each chunk with
-        ``seed`` + the index of its first prompt); otherwise each prompt is its own call seeded
-        ``seed + i`` (the vLLM backend always takes this path). Both give the same prompt ids and vision inputs;
-        greedy output is the same, sampled output differs only through the RNG stream.
+        ``batched`` (default: the worker's ``batch_prompts``) hands all prompts to the backend at once
+        (``generate_batch``; ``max_batch_prompts`` > 0 cuts them into chunks, chunk seeded ``seed`` + the index of
+        its first prompt): the hf backend runs one ``generate`` over prompts x G rows seeded once, vLLM gets every
+        prompt in one ``LLM.generate`` call, prompt j of the chunk seeded with chunk seed + j. Otherwise each prompt
+        is its own call seeded ``seed + i``. Both give the same prompt ids and vision inputs; greedy output is the
+        same, and sampled output differs only through the RNG stream (for vLLM, when no prompt failed, not at all).
         """
         batched = self.batch_prompts if batched is None else batched
         out: list[PromptGroup | RolloutFailure | None] = [None] * len(instances)
@@ -93,7 +94,7 @@ class RolloutWorker:
                 out[i] = _media_failure(inst, e)
                 continue
             decode_s = time.perf_counter() - t0
-            if batched and isinstance(self.engine, HFBackend):
+            if batched:
                 encoded.append((i, inputs, raw, decode_s))
                 continue
             t1 = time.perf_counter()
@@ -106,7 +107,8 @@ class RolloutWorker:
             chunk = encoded[start:start + step]
             t1 = time.perf_counter()
             per_prompt = self.engine.generate_batch([inp for _, inp, _, _ in chunk], n, max_new_tokens=max_new_tokens,
-                                                    temperature=temperature, top_p=top_p, seed=seed + start)
+                                                    temperature=temperature, top_p=top_p, seed=seed + start,
+                                                    raw_list=[raw for _, _, raw, _ in chunk])
             # the batch's wall time split evenly, so summing generate_s over groups gives the time spent
             gen_s = (time.perf_counter() - t1) / len(chunk)
             for (i, inputs, _, decode_s), completions in zip(chunk, per_prompt):

@@ -18,6 +18,10 @@ class GenerationBackend(Protocol):
     def generate(self, inputs: dict[str, Any], raw_media: dict[str, Any], n: int, *, max_new_tokens: int,
                  temperature: float, top_p: float, seed: int) -> list[Completion]: ...
 
+    def generate_batch(self, inputs_list: list[dict[str, Any]], n: int, *, max_new_tokens: int,
+                       temperature: float, top_p: float, seed: int,
+                       raw_list: Optional[list[dict[str, Any]]] = None) -> list[list[Completion]]: ...
+
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None: ...
 
     def sleep(self) -> None: ...
@@ -152,8 +156,10 @@ class HFBackend:
 
     @torch.no_grad()
     def generate_batch(self, inputs_list: list[dict[str, Any]], n: int, *, max_new_tokens: int,
-                       temperature: float, top_p: float, seed: int) -> list[list[Completion]]:
-        """G samples for each of several encoded prompts in ONE ``model.generate`` over prompts x G rows.
+                       temperature: float, top_p: float, seed: int,
+                       raw_list: Optional[list[dict[str, Any]]] = None) -> list[list[Completion]]:
+        """G samples for each of several encoded prompts in ONE ``model.generate`` over prompts x G rows
+        (``raw_list``, the vLLM backend's raw media, is not needed here).
 
         Prompts are left-padded (attention mask 0 on the pad) and their vision tensors concatenated in prompt
         order; Qwen2.5-VL consumes images and videos through separate placeholder streams, so image, video and
@@ -196,6 +202,28 @@ class HFBackend:
         pass
 
 
+def _vllm_request(raw_media: dict[str, Any]) -> dict[str, Any]:
+    """vLLM's prompt dict: the chat-formatted text plus the already-decoded frames or image (decoded once)."""
+    request: dict[str, Any] = {"prompt": raw_media["prompt_text"]}
+    if raw_media.get("frames") is not None:
+        request["multi_modal_data"] = {"video": np.asarray(raw_media["frames"])}
+        request["mm_processor_kwargs"] = {"fps": float(raw_media.get("fps", 1.0)), "do_sample_frames": False}
+    elif raw_media.get("image") is not None:
+        request["multi_modal_data"] = {"image": raw_media["image"]}
+        request["mm_processor_kwargs"] = {}
+    return request
+
+
+def _vllm_completion(o: Any) -> Completion:
+    """One vLLM ``CompletionOutput`` (token ids, per-token log-prob dicts with ``logprobs=0``) as a Completion."""
+    ids = list(o.token_ids)
+    lps = [float(step[tok].logprob) for tok, step in zip(ids, o.logprobs or [])]
+    if len(lps) != len(ids):
+        raise RuntimeError(f"vLLM returned {len(lps)} log-probs for {len(ids)} tokens")
+    return Completion(response_ids=ids, logprobs=lps, text=o.text,
+                      finish_reason="stop" if o.finish_reason == "stop" else "length")
+
+
 class VLLMBackend:
     """vLLM on GPU: ``n = G`` sampling with per-token log-probs, Qwen2.5-VL image/video inputs, sleep/wake.
 
@@ -227,31 +255,31 @@ class VLLMBackend:
         self._asleep = False
 
     def generate(self, inputs: dict[str, Any], raw_media: dict[str, Any], n: int, *, max_new_tokens: int,
-                 temperature: float, top_p: float, seed: int) -> list[Completion]:  # pragma: no cover - GPU
+                 temperature: float, top_p: float, seed: int) -> list[Completion]:
+        return self.generate_batch([inputs], n, raw_list=[raw_media], max_new_tokens=max_new_tokens,
+                                   temperature=temperature, top_p=top_p, seed=seed)[0]
+
+    def generate_batch(self, inputs_list: list[dict[str, Any]], n: int, *, max_new_tokens: int,
+                       temperature: float, top_p: float, seed: int,
+                       raw_list: Optional[list[dict[str, Any]]] = None) -> list[list[Completion]]:
+        """G samples for each prompt, all prompts in ONE ``LLM.generate`` call (vLLM schedules them together).
+
+        Prompt ``i`` is sampled with its own seed ``seed + i``: vLLM seeds each request separately, so the samples
+        are those of a per-prompt call seeded ``seed + i``, whatever else is in the batch."""
         from vllm import SamplingParams
 
-        params = SamplingParams(n=n, temperature=max(temperature, 0.0), top_p=top_p, max_tokens=max_new_tokens,
-                                logprobs=0, seed=seed, stop_token_ids=sorted(self.stop_ids),
-                                skip_special_tokens=True, logit_bias=self.logit_bias or None)
-        mm: dict[str, Any] = {}
-        mm_kwargs: dict[str, Any] = {}
-        if raw_media.get("frames") is not None:
-            mm["video"] = np.asarray(raw_media["frames"])
-            mm_kwargs = {"fps": float(raw_media.get("fps", 1.0)), "do_sample_frames": False}
-        elif raw_media.get("image") is not None:
-            mm["image"] = raw_media["image"]
-        request: dict[str, Any] = {"prompt": raw_media["prompt_text"]}
-        if mm:
-            request["multi_modal_data"] = mm
-            request["mm_processor_kwargs"] = mm_kwargs
-        out = self.llm.generate([request], params, use_tqdm=False)[0]
-        completions = []
-        for o in out.outputs:
-            ids = list(o.token_ids)
-            lps = [float(step[tok].logprob) for tok, step in zip(ids, o.logprobs or [])]
-            completions.append(Completion(response_ids=ids, logprobs=lps, text=o.text,
-                                          finish_reason="stop" if o.finish_reason == "stop" else "length"))
-        return completions
+        if raw_list is None or len(raw_list) != len(inputs_list):
+            raise ValueError("the vllm backend needs the raw media (prompt text, frames) of every prompt")
+        if not raw_list:
+            return []
+        params = [SamplingParams(n=n, temperature=max(temperature, 0.0), top_p=top_p, max_tokens=max_new_tokens,
+                                 logprobs=0, seed=seed + i, stop_token_ids=sorted(self.stop_ids),
+                                 skip_special_tokens=True, logit_bias=self.logit_bias or None)
+                  for i in range(len(raw_list))]
+        outs = self.llm.generate([_vllm_request(raw) for raw in raw_list], params, use_tqdm=False)
+        if len(outs) != len(raw_list):
+            raise RuntimeError(f"vLLM returned {len(outs)} outputs for {len(raw_list)} prompts")
+        return [[_vllm_completion(o) for o in out.outputs] for out in outs]
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:  # pragma: no cover - GPU
         weights = list(named_tensors)
