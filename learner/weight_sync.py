@@ -511,25 +511,51 @@ def iter_gathered(module: Union[nn.Module, Sequence[tuple[str, torch.Tensor]]], 
     named = list(module.named_parameters()) if isinstance(module, nn.Module) else list(module)
     chunk: list[tuple[str, torch.Tensor]] = []
     size = 0
-
-    def gathered(items: list[tuple[str, torch.Tensor]]) -> Iterator[list[tuple[str, torch.Tensor]]]:
-        if any(hasattr(p, "ds_id") for _, p in items):
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters([p for _, p in items], modifier_rank=None):
-                yield items
-        else:
-            yield items
-
     for name, p in named:
         nbytes = math.prod(_full_shape(p)) * p.element_size()
         if chunk and size + nbytes > bucket_bytes:
-            yield from gathered(chunk)
+            yield from _gathered(chunk)
             chunk, size = [], 0
         chunk.append((name, p))
         size += nbytes
     if chunk:
-        yield from gathered(chunk)
+        yield from _gathered(chunk)
+
+
+def _gathered(items: list[tuple[str, torch.Tensor]]) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Yield ``items`` once, with their ZeRO-3 shards gathered for the duration of the ``yield`` (a collective
+    over the learner's ranks); parameters that are not partitioned are yielded as they are."""
+    if any(hasattr(p, "ds_id") for _, p in items):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([p for _, p in items], modifier_rank=None):
+            yield items
+    else:
+        yield items
+
+
+class _Staging:
+    """One flat staging buffer reused for every bucket of every sync (buckets are sent one at a time).
+
+    On CPU a fresh 80 MB buffer per bucket costs ≈4× the broadcast itself in page faults (``bench.broadcast``);
+    on CUDA the caching allocator already reuses freed blocks, so the buffer is not kept between syncs there
+    (it would pin up to ``bucket_bytes`` of GPU memory while vLLM sleeps)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.keep = device.type == "cpu"
+        self.buf: Optional[torch.Tensor] = None
+
+    def take(self, bucket: Bucket) -> torch.Tensor:
+        """A flat tensor of ``bucket``'s dtype and length, viewing the staging buffer."""
+        if self.buf is None or self.buf.numel() < bucket.nbytes:
+            self.buf = None
+            self.buf = torch.empty(bucket.nbytes, dtype=torch.uint8, device=self.device)
+        return self.buf[:bucket.nbytes].view(_DTYPES[bucket.dtype])
+
+    def release(self) -> None:
+        if not self.keep:
+            self.buf = None
 
 
 class BucketBroadcaster:
@@ -547,9 +573,11 @@ class BucketBroadcaster:
         backend = group.backend if group is not None else "gloo"
         self.device = device or (torch.device("cuda", torch.cuda.current_device()) if backend == "nccl"
                                  else torch.device("cpu"))
+        self.staging = _Staging(self.device)
 
     def broadcast(self, module: nn.Module, version: int) -> list[Bucket]:
-        specs = [(n, dtype_name(p.dtype), _full_shape(p)) for n, p in module.named_parameters()]
+        named = list(module.named_parameters())
+        specs = [(n, dtype_name(p.dtype), _full_shape(p)) for n, p in named]
         plan = plan_buckets(specs, self.bucket_bytes)
         sender = self.learner_rank == 0
         if sender:
@@ -559,32 +587,41 @@ class BucketBroadcaster:
             _broadcast(self.group, torch.tensor([raw.numel()], dtype=torch.int64, device=self.device), self.timeout_s)
             _broadcast(self.group, raw, self.timeout_s)
         # Gather in the plan's order, bucket by bucket, so at most one bucket is materialised at a time.
-        by_name = dict(module.named_parameters())
-        for b in plan:
-            items = [(n, by_name[n]) for n in b.names]
-            for gathered in iter_gathered(items, bucket_bytes=1 << 62):
-                if not sender:
-                    continue
-                flat = torch.cat([p.detach().reshape(-1).to(self.device, non_blocking=True) for _, p in gathered])
-                _broadcast(self.group, flat, self.timeout_s)
-                del flat
+        by_name = dict(named)
+        try:
+            with torch.no_grad():
+                for b in plan:
+                    for gathered in _gathered([(n, by_name[n]) for n in b.names]):
+                        if not sender:
+                            continue
+                        flat = self.staging.take(b)
+                        torch.cat([(p if p.device == self.device else p.to(self.device, non_blocking=True)).reshape(-1)
+                                   for _, p in gathered], out=flat)
+                        _broadcast(self.group, flat, self.timeout_s)
+        finally:
+            self.staging.release()
         return plan
 
 
 class BucketReceiver:
     """Rollout side of the GPU path: ``receive(model_or_load_fn)`` takes the header, then each bucket, and hands the
     unflattened tensors to ``model.named_parameters()`` copies or to a ``load_fn(iterable of (name, tensor))`` (the
-    form vLLM's ``load_weights`` takes). Returns the new version. Untested on GPU."""
+    form vLLM's ``load_weights`` takes). Returns the new version. With a model and ``strict`` (default), a model
+    parameter the broadcast does not cover is an error too (nothing is applied), as in ``WeightReceiver``. A
+    ``load_fn`` gets views of a staging buffer that is overwritten by the next bucket: it must copy what it keeps
+    (vLLM's ``load_weights`` does). Untested on GPU."""
 
     def __init__(self, group: SyncGroup, version: int = -1, timeout_s: float = 300.0,
-                 device: Optional[torch.device] = None, allow_same_version: bool = False) -> None:
+                 device: Optional[torch.device] = None, allow_same_version: bool = False, strict: bool = True) -> None:
         self.group = group
         self.timeout_s = timeout_s
         self.version = int(version)
         self.allow_same_version = allow_same_version
+        self.strict = strict
         backend = group.backend
         self.device = device or (torch.device("cuda", torch.cuda.current_device()) if backend == "nccl"
                                  else torch.device("cpu"))
+        self.staging = _Staging(self.device)
 
     def receive(self, target: Union[nn.Module, LoadFn]) -> int:
         n = torch.zeros(1, dtype=torch.int64, device=self.device)
@@ -596,28 +633,32 @@ class BucketReceiver:
         buckets = [Bucket(b["dtype"], list(b["names"]), [tuple(s) for s in b["shapes"]]) for b in header["buckets"]]
         params = dict(target.named_parameters()) if isinstance(target, nn.Module) else None
         stale = version < self.version or (version == self.version and not self.allow_same_version)
+        problems: list[str] = []
         if params is not None:
             problems = [n for b in buckets for n, s in zip(b.names, b.shapes)
                         if n not in params or tuple(params[n].shape) != tuple(s)]
-        else:
-            problems = []
+            if self.strict:
+                sent = {n for b in buckets for n in b.names}
+                problems += [f"{n} (not broadcast)" for n in params if n not in sent]
         # Receive every bucket even when we are going to refuse the payload: the sender is mid-collective.
-        for b in buckets:
-            flat = torch.empty(b.numel, dtype=_DTYPES[b.dtype], device=self.device)
-            _broadcast(self.group, flat, self.timeout_s)
-            if stale or problems:
-                continue
-            tensors = [(name, t.view(shape)) for name, t, shape in zip(b.names, flat.split(b.numels), b.shapes)]
-            if params is not None:
-                with torch.no_grad():
-                    for name, t in tensors:
-                        params[name].copy_(t)
-            else:
-                target(tensors)  # type: ignore[operator]
+        try:
+            for b in buckets:
+                flat = self.staging.take(b)
+                _broadcast(self.group, flat, self.timeout_s)
+                if stale or problems:
+                    continue
+                views = [t if len(shape) == 1 else t.view(shape) for t, shape in zip(flat.split(b.numels), b.shapes)]
+                if params is not None:
+                    with torch.no_grad():
+                        _copy_all([params[n] for n in b.names], views)
+                else:
+                    target(list(zip(b.names, views)))  # type: ignore[operator]
+        finally:
+            self.staging.release()
         if stale:
             raise WeightSyncError(f"stale weights: broadcast version {version}, receiver already at {self.version}")
         if problems:
-            raise WeightSyncError(f"{len(problems)} broadcast tensor(s) unknown to the model or of another shape, "
-                                  f"e.g. {problems[:5]}; nothing was applied")
+            raise WeightSyncError(f"{len(problems)} tensor(s) unknown to the model, of another shape or not "
+                                  f"broadcast, e.g. {problems[:5]}; nothing was applied")
         self.version = version
         return version

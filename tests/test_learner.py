@@ -279,8 +279,30 @@ def test_state_for_sync_without_copy_shares_the_live_parameters(learner):
     assert learner.weight_payload(copy=False).checksum == learner.weight_payload().checksum
 
 
+def _over_gloo(send, receive) -> dict:
+    """Run ``send(group)`` as rank 0 and ``receive(group)`` as rank 1 of a fresh Gloo sync group, in two threads;
+    returns {"sent": ..., "received": ...} or the exceptions raised."""
+    port, out = _free_port(), {}
+
+    def run(rank: int) -> None:
+        try:
+            pg = init_sync_group("127.0.0.1", port, rank, 2, backend="gloo", timeout_s=60)
+            out["sent" if rank == 0 else "received"] = (send if rank == 0 else receive)(pg)
+        except Exception as e:  # noqa: BLE001
+            out[f"error{rank}"] = e
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return out
+
+
 def test_bucketed_broadcast_over_gloo():
-    """The NCCL path's logic (header, per-dtype buckets, unflatten) over a Gloo group between two threads."""
+    """The NCCL path's logic (header, per-dtype buckets, unflatten) over a Gloo group between two threads: two syncs
+    through the same sender/receiver (one reused staging buffer, fp32 and bf16 buckets), a load_fn receiver, and a
+    model parameter the broadcast does not cover (refused, nothing applied)."""
     torch.manual_seed(0)
     src = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4))
     src[1].to(torch.bfloat16)
@@ -289,25 +311,55 @@ def test_bucketed_broadcast_over_gloo():
         torch.nn.init.zeros_(p)
     plan = plan_buckets([(n, str(p.dtype)[6:], tuple(p.shape)) for n, p in src.named_parameters()], bucket_bytes=300)
     assert [b.dtype for b in plan] == ["float32", "float32", "bfloat16"]  # 512 B weight alone, bias, then bf16
-    port, errors, got = _free_port(), [], {}
+    def send(version):
+        return lambda pg: BucketBroadcaster(pg, learner_rank=0, bucket_bytes=300, timeout_s=60).broadcast(src, version)
 
-    def run(rank: int) -> None:
-        try:
-            pg = init_sync_group("127.0.0.1", port, rank, 2, backend="gloo", timeout_s=60)
-            if rank == 0:
-                BucketBroadcaster(pg, learner_rank=0, bucket_bytes=300, timeout_s=60).broadcast(src, version=7)
-            else:
-                got["version"] = BucketReceiver(pg, timeout_s=60).receive(dst)
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
+    out = _over_gloo(send(7), lambda pg: BucketReceiver(pg, timeout_s=60).receive(dst))
+    assert "error0" not in out and "error1" not in out, out
+    assert out["received"] == 7 and weights_checksum(dst, mode="full") == weights_checksum(src, mode="full")
 
-    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
-    assert got["version"] == 7 and weights_checksum(dst) == weights_checksum(src)
+    # the same broadcaster and receiver twice: the staging buffer is reused and holds the last bucket
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(1.0)
+    sender, receiver = {}, {}
+
+    def send_twice(pg):
+        sender["b"] = BucketBroadcaster(pg, learner_rank=0, bucket_bytes=300, timeout_s=60)
+        sender["b"].broadcast(src, 8)
+        buf = sender["b"].staging.buf
+        with torch.no_grad():
+            for p in src.parameters():
+                p.mul_(-0.5)
+        sender["b"].broadcast(src, 9)
+        return buf is not None and sender["b"].staging.buf is buf
+
+    def receive_twice(pg):
+        receiver["r"] = BucketReceiver(pg, version=7, timeout_s=60)
+        receiver["r"].receive(dst)
+        buf = receiver["r"].staging.buf
+        got = receiver["r"].receive(dst)
+        return got, buf is not None and receiver["r"].staging.buf is buf
+
+    out = _over_gloo(send_twice, receive_twice)
+    assert out["sent"] is True and out["received"] == (9, True), out
+    assert weights_checksum(dst, mode="full") == weights_checksum(src, mode="full")
+
+    # a load_fn target gets every tensor (it must copy: the views are of the staging buffer)
+    loaded: dict[str, torch.Tensor] = {}
+    out = _over_gloo(send(10), lambda pg: BucketReceiver(pg, version=9, timeout_s=60).receive(
+        lambda pairs: loaded.update({n: t.clone() for n, t in pairs})))
+    assert out["received"] == 10 and weights_checksum(loaded, mode="full") == weights_checksum(src, mode="full")
+
+    # the receiver's model has a parameter the sender does not broadcast: refused, nothing written
+    bigger = torch.nn.Sequential(*copy.deepcopy(dst), torch.nn.Linear(2, 2))
+    before = weights_checksum(bigger, mode="full")
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(3.0)
+    out = _over_gloo(send(11), lambda pg: BucketReceiver(pg, version=10, timeout_s=60).receive(bigger))
+    assert isinstance(out.get("error1"), WeightSyncError) and "2.weight (not broadcast)" in str(out["error1"])
+    assert "error0" not in out and weights_checksum(bigger, mode="full") == before
 
 
 def test_sync_group_times_out_without_peer():
