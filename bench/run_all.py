@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 from bench.common import REPO, RESULTS_VERSION, env_info
 
 BENCHMARKS = ("normalizer", "video", "weight_sync", "broadcast", "learner", "learner_zero", "rollout_batch", "judge",
-              "step_anatomy", "peer_trl")
+              "step_anatomy", "peer_trl", "similarity")
 TIMEOUT_S = {"quick": 600, "full": 3600}
 
 

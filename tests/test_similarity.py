@@ -42,10 +42,12 @@ class _CountingEncoder:
     def __init__(self, table: dict[str, list[float]]) -> None:
         self.table = table
         self.calls: list[list[str]] = []
+        self.batch_sizes: list[int] = []
 
     def encode(self, texts, **kw):
         assert kw["normalize_embeddings"] is True
         self.calls.append(list(texts))
+        self.batch_sizes.append(kw["batch_size"])
         return np.array([self.table[t] for t in texts], dtype=np.float32)
 
 
@@ -68,6 +70,30 @@ def test_similarity_math_cache_and_validation_with_an_injected_encoder():
         s.embed(["a", None])  # type: ignore[list-item]
     with pytest.raises(ValueError):
         SentenceSimilarity(mapping="cos")
+
+
+def test_a_step_is_one_encode_call_of_its_distinct_uncached_texts():
+    s2 = 2 ** -0.5
+    enc = _CountingEncoder({"r1": [1, 0], "r2": [0, 1], "p": [s2, s2], "q": [-1, 0]})
+    s = SentenceSimilarity(encoder=enc)
+    # G-style step: references repeat, a prediction equals a reference, one is blank (no model), one repeats
+    refs = ["r1", "r1", "r1", "r2", "r2", "r2"]
+    cands = ["r1", "p", " ", "p", "q", "r1 "]
+    np.testing.assert_allclose(s.similarity(refs, cands), [1.0, s2, 0.0, s2, 0.0, 0.0], atol=1e-6)
+    assert enc.calls == [["r1", "r2", "p", "q"]]  # references and predictions together, each once, in one call
+    assert s.cache_info()["misses"] == 4 and s.cache_info()["hits"] == 10 - 4
+    s.similarity(["r2", "r1"], ["p", "q"])  # a later step: everything cached, the model is not called
+    assert len(enc.calls) == 1
+
+
+def test_default_batch_size_is_small_on_cpu_and_wide_on_accelerators():
+    enc = _CountingEncoder({"a": [1, 0]})
+    SentenceSimilarity(encoder=enc).embed(["a"])
+    SentenceSimilarity(encoder=enc, device="cuda:1").embed(["a"])
+    SentenceSimilarity(encoder=enc, device="cpu", batch_size=32).embed(["a"])
+    assert enc.batch_sizes == [8, 64, 32]
+    with pytest.raises(ValueError, match="batch_size"):
+        SentenceSimilarity(encoder=enc, batch_size=0)
 
 
 def test_real_model_ranks_paraphrase_over_unrelated(sim, examples):
