@@ -28,6 +28,7 @@ from actors.judge import JudgeCore, JudgeOutcome, as_judge_config, create_judge_
 from cluster.config import RewardConfig
 from data.schema import Instance, task_family
 from rewards.assembly import JUDGE, SIMILARITY, TASK, SampleReward, is_caption
+from rewards.parsing import answer_text
 from rewards.shaping import length_reward, reasoning_text, recitation_reward
 
 log = logging.getLogger(__name__)
@@ -203,14 +204,17 @@ class RewardScorer:
                 families.append(None)
         t0 = time.monotonic()
 
-        # 1. judge requests go out first (for the caption families whose reward uses the judge: VS, RC)
+        # 1. judge requests go out first (for the caption families whose reward uses the judge: VS, RC). The judge
+        # and the similarity model compare the answer part with the reference, as the leaderboard does; the
+        # reasoning is for the alignment check.
         judge_idx = [i for i, f in enumerate(families) if f is not None and is_caption(f)]
+        captions = {i: answer_text(batch[i].text) for i in judge_idx}
         judge_handle, judge_err = None, None
         asked = [i for i in judge_idx if (batch[i].instance.answer or "").strip()]
         if self.judge is not None and asked:
             try:
                 judge_handle = self.judge.submit_score(
-                    [(batch[i].instance.answer, batch[i].text) for i in asked], [families[i] for i in asked])
+                    [(batch[i].instance.answer, captions[i]) for i in asked], [families[i] for i in asked])
             except Exception as e:  # noqa: BLE001 - a dead judge must not take the worker down
                 judge_err = f"judge_unavailable: {type(e).__name__}: {e}"
         align_idx = [i for i, f in enumerate(families) if f == "vqa"] \
@@ -233,7 +237,7 @@ class RewardScorer:
                 out[i].reasons.append("similarity_no_reference")
         if sim_idx:
             sims = self.similarity_model.similarity([batch[i].instance.answer for i in sim_idx],
-                                                    [batch[i].text for i in sim_idx])
+                                                    [captions[i] for i in sim_idx])
             for i, s in zip(sim_idx, sims):
                 out[i].components[SIMILARITY] = float(s)
 

@@ -129,7 +129,7 @@ def evaluate(references: Sequence[Instance], predictions: Mapping[str, str], *,
             values[col].append((src, M.thresholded_iou(v, theta) if theta is not None else v))
             missing_by_col[col] += 0 if has_pred else 1
         if fam in _LLM_COLUMN:
-            cand = P.extract_answer(pred)[:P.MAX_CHARS].strip() if has_pred and P.prepare_answer(pred)[1] is None else ""
+            cand = P.answer_text(pred) if has_pred else ""
             if cand:
                 queue.append((fam, src, P.gt_caption(ref).value or "", cand))
                 continue

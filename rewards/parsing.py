@@ -174,6 +174,16 @@ def extract_answer(text: str) -> str:
     return text
 
 
+def answer_text(text: Any) -> str:
+    """The answer part of a generation as the caption judge and the similarity model compare it with the reference
+    (training reward and leaderboard alike): ``extract_answer``, cut to MAX_CHARS, stripped; "" for non-text."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8", errors="replace")
+    if not isinstance(text, str):
+        return ""
+    return extract_answer(text)[:MAX_CHARS].strip()
+
+
 def prepare_answer(text: Any) -> tuple[str, Optional[str]]:
     """(normalised answer text, None) or ("", reason): bytes are decoded (invalid UTF-8 replaced), the answer is
     extracted, cut to MAX_CHARS, dashes/quotes normalised and whitespace collapsed."""

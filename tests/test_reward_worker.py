@@ -122,6 +122,35 @@ def test_judge_failures_are_missing_with_reasons_never_zero(examples):
     assert late.components["judge"] is None and "judge_timeout" in late.reasons
 
 
+def test_judge_and_similarity_compare_the_answer_part_not_the_reasoning(examples):
+    """A caption inside <think>…</think><answer>…</answer> reaches the judge and the similarity model as the bare
+    answer (as in the leaderboard); the alignment check of a VQA answer still gets the whole response."""
+    rc = inst(examples, "region_caption_gpt")
+    caption = "A suction cannula clears fluid near the incision."
+    wrapped = f"<think>The tool is thin and metallic; fluid is pooling.</think><answer> {caption} </answer>"
+    sim = FixedSimilarity()
+    seen: list[str] = []
+
+    class Recording(Scripted):
+        def complete(self, conversations):
+            seen.extend(c[1]["content"] for c in conversations)
+            return super().complete(conversations)
+
+    be = Recording()
+    judge = LocalJudgeClient(JudgeCore(JudgeConfig(backend="openai", model="m", max_retries=0), backend=be))
+    scorer = RewardScorer(RewardConfig(semantic_alignment_weight=0.1), judge, similarity=sim)
+    vqa = Instance(id="v-0", qa_type="vqa_mc", data_source="SRC", question="What is shown? A. polyp B. ulcer",
+                   answer="A", struc_info={"choices": ["polyp", "ulcer"], "answer": "A"})
+    vqa_response = "<think>round, raised, mucosal</think><answer>A</answer>"
+    bare, boxed, _ = scorer.score_batch([(rc, caption), (rc, wrapped), (vqa, vqa_response)])
+    assert sim.calls == [([rc.answer, rc.answer], [caption, caption])]
+    assert bare.components["judge"] == boxed.components["judge"] and boxed.components["similarity"] == 0.8
+    caption_prompts = [c for c in seen if "<candidate>" in c]
+    # one judge call: the two captions are now the same (reference, candidate) pair, which the judge deduplicates
+    assert len(caption_prompts) == 1 and caption in caption_prompts[0] and "<think>" not in caption_prompts[0]
+    assert any("round, raised, mucosal" in c for c in seen if "<candidate>" not in c)  # alignment: reasoning kept
+
+
 def test_judge_is_asked_before_rule_based_scoring_and_runs_meanwhile(examples):
     events: list[tuple[str, float]] = []
 
