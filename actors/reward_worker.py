@@ -372,9 +372,22 @@ class RewardWorker:
         return True
 
 
+def deal_by_prompt(items: Sequence[RewardItem], n_workers: int) -> list[list[int]]:
+    """Item indices per worker: each run of consecutive items of one instance (a prompt's G samples) goes whole to
+    one worker, runs round-robin over the workers. Only non-empty shards are returned, each in input order."""
+    shards: list[list[int]] = [[] for _ in range(max(1, n_workers))]
+    run = -1
+    for i, it in enumerate(items):
+        if i == 0 or it.instance is not items[i - 1].instance and it.instance.id != items[i - 1].instance.id:
+            run += 1
+        shards[run % len(shards)].append(i)
+    return [s for s in shards if s]
+
+
 class RewardWorkerPool:
-    """``num_workers`` ``RewardWorker`` actors; ``score`` deals a batch out round-robin (neighbouring samples of
-    one prompt share a task and a cost) and returns the results in the input order. A worker that dies is
+    """``num_workers`` ``RewardWorker`` actors; ``score`` deals a batch out by prompt (``deal_by_prompt``: a
+    prompt's G samples stay on one worker, so its reference is embedded once and its judge pairs deduplicated
+    there; prompts go round-robin) and returns the results in the input order. A worker that dies is
     restarted by Ray and its shard retried there; past that (or on a hang) the shard goes to the next worker once,
     and if that fails too its samples come back as None (counted in ``faults``, never a crash of the step).
 
@@ -413,8 +426,7 @@ class RewardWorkerPool:
         if not items:
             return []
         timeout = self.get_timeout_s if timeout is None else timeout
-        n = min(len(self.workers), len(items))
-        shards = [list(range(w, len(items), n)) for w in range(n)]
+        shards = deal_by_prompt(items, len(self.workers))
         out: list[Optional[ScoredSample]] = [None] * len(items)
         deadline = time.monotonic() + timeout
         pending = {w: self.workers[w].score_batch.remote([items[i] for i in shard], iou_threshold)

@@ -238,6 +238,18 @@ def _ship_test_stubs_by_value():
     cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
+def test_pool_deals_whole_prompt_groups_round_robin(examples):
+    from actors.reward_worker import deal_by_prompt
+
+    a, b, c = (inst(examples, k) for k in ("tal", "region_caption_gpt", "next_action"))
+    a2 = replace(a)  # an equal instance object (same id) counts as the same prompt
+    items = [RewardItem(x, "t") for x in (a, a2, a, b, b, c, a, a)]
+    assert deal_by_prompt(items, 2) == [[0, 1, 2, 5], [3, 4, 6, 7]]  # runs: a×3, b×2, c, a×2
+    assert deal_by_prompt(items, 3) == [[0, 1, 2, 6, 7], [3, 4], [5]]
+    assert deal_by_prompt(items, 8) == [[0, 1, 2], [3, 4], [5], [6, 7]]  # no empty shards
+    assert deal_by_prompt(items, 1) == [list(range(8))] and deal_by_prompt([], 4) == []
+
+
 @pytest.mark.ray
 def test_pool_on_local_ray_keeps_order_and_uses_the_judge_actor(ray_local, server, examples):
     from actors.judge import create_judge_actor
