@@ -34,8 +34,9 @@ output depends on the batch a text is padded in by ~1e-7, so ``same scores`` mea
 Two more tables: ``encode`` of a cold step's distinct texts at several batch sizes, 'all' being the whole call in
 one batch (the model sorts a call's texts by length and pads each batch to its longest, so on CPU the batch size
 sets the padded tokens, which the table counts with the model's tokenizer); and, counted without the model, how
-many texts a step encodes when ``RewardWorkerPool`` deals it round-robin over several workers, each with its own
-cache, against whole groups per worker.
+many texts a step encodes when a pool deals it per sample round-robin over several workers (before this benchmark),
+against whole prompt groups per worker (what ``RewardWorkerPool`` does now, ``deal_by_prompt``), each worker with
+its own cache.
 
 Run: ``python -m bench.similarity [--quick] [--json PATH] [--seed N] [--threads N]``.
 """
@@ -194,8 +195,8 @@ def shard_encodes(refs: Sequence[str], preds: Sequence[str], workers: int, deali
                   cached: Iterable[str] = ()) -> int:
     """Texts encoded by a step over ``workers`` workers, each with its own cache holding ``cached``.
 
-    ``dealing``: ``round_robin`` (item i to worker i % workers: ``RewardWorkerPool.score``) or ``by_group`` (whole
-    groups of ``G`` consecutive items per worker, groups dealt round-robin)."""
+    ``dealing``: ``round_robin`` (item i to worker i % workers: the pool's former dealing) or ``by_group`` (whole
+    groups of ``G`` consecutive items per worker, groups dealt round-robin: ``RewardWorkerPool.score`` now)."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     n = len(refs)
@@ -464,7 +465,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             row[f"later_{dealing}"] = shard_encodes(refs, preds, k, dealing, ref_cache)
         shard_rows.append(row)
     rep.table("sharding", f"texts encoded by a step of {max(sizes)} captions over k reward workers (counted, "
-              "no model): round-robin = RewardWorkerPool today; by_group = whole groups per worker", shard_rows, [
+              "no model): round-robin = per sample (the pool's former dealing); by group = whole groups per worker "
+              "(RewardWorkerPool now)", shard_rows, [
                   ("workers", "workers", fmt_num), ("cold_round_robin", "cold, round-robin", fmt_num),
                   ("cold_by_group", "cold, by group", fmt_num), ("later_round_robin", "later epoch, round-robin",
                                                                   fmt_num),
