@@ -274,8 +274,8 @@ def path_check(sim: Any, insts: Sequence[Any], refs: list[str], preds: list[str]
     if len(spy.calls) != 1:
         return comps, f"differs: score_batch made {len(spy.calls)} similarity calls for one step"
     if spy.calls[0] != (refs, preds):
-        return comps, "differs: score_batch passed other texts than (references, raw predictions)"
-    return comps, "ok: one similarity(references, raw predictions) call per batch"
+        return comps, "differs: score_batch passed other texts than (references, answers)"
+    return comps, "ok: one similarity(references, answers) call per batch"
 
 
 def measure(sim: Any, groups: Sequence[Group], n: int, ref_cache: dict[str, np.ndarray], rounds: int,
@@ -389,14 +389,17 @@ def batch_sizes_table(sim: Any, texts: list[str], batch_sizes: Sequence[int], ro
     return rows
 
 
-def tagged_similarity(sim: Any, reference: str) -> tuple[float, float]:
-    """Similarity of ``reference`` to itself inside ``<think>…</think><answer>…</answer>``: as the reward worker
-    passes it (the raw text) and after ``rewards.parsing.extract_answer`` (what the leaderboard embeds)."""
-    from rewards.parsing import extract_answer
+def tagged_similarity(sim: Any, inst: Any) -> tuple[float, float]:
+    """Similarity of ``inst``'s reference to itself inside ``<think>…</think><answer>…</answer>``: of the whole
+    text (what the reward worker embedded before it took the answer part) and through the real
+    ``RewardScorer.score_batch`` (the answer part, ``rewards.parsing.answer_text``, as the leaderboard)."""
+    from actors.reward_worker import RewardItem, RewardScorer
+    from cluster.config import RewardConfig
 
-    tagged = f"<think>{TAGGED_THINK}</think><answer>{reference}</answer>"
-    raw, extracted = sim.similarity([reference, reference], [tagged, extract_answer(tagged)])
-    return float(raw), float(extracted)
+    tagged = f"<think>{TAGGED_THINK}</think><answer>{inst.answer}</answer>"
+    raw = float(sim.similarity([inst.answer], [tagged])[0])
+    scored = RewardScorer(RewardConfig(), None, similarity=sim).score_batch([RewardItem(inst, tagged)])[0]
+    return raw, float(scored.components["similarity"])
 
 
 # -- driver --------------------------------------------------------------------------------------------------------
@@ -472,7 +475,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                                                                   fmt_num),
                   ("later_by_group", "later epoch, by group", fmt_num)])
 
-    raw, extracted = tagged_similarity(sim, groups[0].instance.answer)
+    raw, extracted = tagged_similarity(sim, groups[0].instance)
     by_n = {s["captions"]: s for s in summaries}
     for n in sizes:
         s = by_n[n]
@@ -503,8 +506,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
              "call (microseconds)")
     rep.note("same scores: max |diff| <= 1e-6 against step (a text's embedding moves ~1e-7 with the batch it is "
              "padded in); reward_scorer = the similarity components of RewardScorer.score_batch on the same step")
-    rep.note(f"a reference inside <think>...</think><answer>...</answer>: similarity {raw:.3f} as the reward worker "
-             f"embeds the raw text, {extracted:.3f} after extract_answer (the leaderboard's way)")
+    rep.note(f"a reference inside <think>...</think><answer>...</answer>: similarity {raw:.3f} of the whole text "
+             f"(the reward worker's former input), {extracted:.3f} through RewardScorer now (the answer part, as the "
+             "leaderboard)")
     return rep.finish()
 
 
