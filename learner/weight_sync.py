@@ -171,8 +171,7 @@ def _unique_named(weights: NamedTensors) -> dict[str, torch.Tensor]:
 
 
 def _layout_of(tensors: Mapping[str, torch.Tensor]) -> list[Bucket]:
-    return _plan((name, _DTYPE_NAMES.get(t.dtype) or dtype_name(t.dtype), tuple(t.shape), t.nbytes)
-                 for name, t in tensors.items())
+    return _plan((name, dtype_name(t.dtype), tuple(t.shape), t.nbytes) for name, t in tensors.items())
 
 
 def _flatten(ts: list[torch.Tensor], shapes: Sequence[tuple[int, ...]]) -> np.ndarray:
@@ -191,11 +190,27 @@ def _flatten(ts: list[torch.Tensor], shapes: Sequence[tuple[int, ...]]) -> np.nd
     return flat.view(torch.uint8).numpy()
 
 
-def _unflatten(flat: torch.Tensor, b: Bucket, like: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Views of ``flat`` shaped as the bucket's tensors (``like``: tensors of those shapes)."""
-    if all(len(s) == 1 for s in b.shapes):
-        return list(flat.split(b.numels))
-    return list(torch._utils._unflatten_dense_tensors(flat, like))
+def _unflatten(flat: torch.Tensor, b: Bucket, like: Optional[list[torch.Tensor]] = None) -> list[torch.Tensor]:
+    """Views of ``flat`` shaped as the bucket's tensors. ``like`` (tensors of those shapes, e.g. the parameters
+    they go to) lets torch build the views of a bucket with many multi-dimensional tensors in one C++ call."""
+    if like is not None and not all(len(s) == 1 for s in b.shapes):
+        return list(torch._utils._unflatten_dense_tensors(flat, like))
+    return [t if len(s) == 1 else t.view(s) for t, s in zip(flat.split(b.numels), b.shapes)]
+
+
+def _bucket_buffers(tensors: Mapping[str, torch.Tensor], buckets: Sequence[Bucket], copy: bool) -> list[np.ndarray]:
+    """One 1-D uint8 buffer per bucket: a tensor of its own bucket as its bytes (a view of a contiguous CPU tensor
+    unless ``copy``), the others flattened into a fresh buffer."""
+    out: list[np.ndarray] = []
+    for b in buckets:
+        if b.own:
+            t = tensors[b.names[0]]
+            raw = _tensor_bytes(t)
+            shares = t.device.type == "cpu" and t.is_contiguous()  # else _tensor_bytes already made a fresh copy
+            out.append(raw.copy() if copy and shares else raw)
+        else:
+            out.append(_flatten([tensors[n] for n in b.names], b.shapes))
+    return out
 
 
 def _bucket_header(b: Bucket) -> bytes:
@@ -231,9 +246,7 @@ def weights_checksum(weights: NamedTensors, mode: str = DEFAULT_CHECKSUM) -> str
         raise ValueError(f"weights_checksum mode {mode!r}; allowed: sampled, full")
     tensors = _unique_named(weights)
     buckets = _layout_of(tensors)
-    buffers = [_tensor_bytes(tensors[b.names[0]]) if b.own
-               else _flatten([tensors[n] for n in b.names], b.shapes) for b in buckets]
-    return _digest(buckets, buffers, mode)
+    return _digest(buckets, _bucket_buffers(tensors, buckets, copy=False), mode)
 
 
 @dataclass
@@ -328,9 +341,7 @@ class WeightPayload:
     def named_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """``(name, tensor)`` pairs, views of the payload's buffers: the form ``load_weights`` APIs (vLLM) take."""
         for i, b in enumerate(self.buckets):
-            flat = self.typed(i)
-            for name, part, shape in zip(b.names, flat.split(b.numels), b.shapes):
-                yield name, part.view(shape)
+            yield from zip(b.names, _unflatten(self.typed(i), b))
 
 
 def pack_weights(version: int, weights: NamedTensors, extra: Optional[dict[str, Any]] = None,
@@ -346,15 +357,7 @@ def pack_weights(version: int, weights: NamedTensors, extra: Optional[dict[str, 
         raise ValueError(f"checksum mode {checksum!r}; allowed: {', '.join(CHECKSUM_MODES)}")
     tensors = _unique_named(weights)
     buckets = _layout_of(tensors)
-    buffers: list[np.ndarray] = []
-    for b in buckets:
-        if b.own:
-            t = tensors[b.names[0]]
-            raw = _tensor_bytes(t)
-            shares = t.device.type == "cpu" and t.is_contiguous()  # else _tensor_bytes already made a fresh copy
-            buffers.append(raw.copy() if copy and shares else raw)
-        else:
-            buffers.append(_flatten([tensors[n] for n in b.names], b.shapes))
+    buffers = _bucket_buffers(tensors, buckets, copy)
     digest = "none" if checksum == "none" else _digest(buckets, buffers, checksum)
     return WeightPayload(version=int(version), buckets=buckets, buffers=buffers, checksum=digest,
                          extra=dict(extra or {}))
@@ -647,12 +650,12 @@ class BucketReceiver:
                 _broadcast(self.group, flat, self.timeout_s)
                 if stale or problems:
                     continue
-                views = [t if len(shape) == 1 else t.view(shape) for t, shape in zip(flat.split(b.numels), b.shapes)]
                 if params is not None:
+                    dst = [params[n] for n in b.names]
                     with torch.no_grad():
-                        _copy_all([params[n] for n in b.names], views)
+                        _copy_all(dst, _unflatten(flat, b, dst))
                 else:
-                    target(list(zip(b.names, views)))  # type: ignore[operator]
+                    target(list(zip(b.names, _unflatten(flat, b))))  # type: ignore[operator]
         finally:
             self.staging.release()
         if stale:
