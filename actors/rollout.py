@@ -150,10 +150,10 @@ class RolloutWorker:
         self.engine.wake_up()
 
 
-
 def _media_failure(inst: Instance, e: Exception) -> RolloutFailure:
     """A prompt whose media could not be loaded, with the loader's reason (``VideoError.reason``) when it has one."""
     return RolloutFailure(inst.uid, f"media:{getattr(e, 'reason', type(e).__name__)}", str(e)[:300])
+
 
 @ray.remote
 class RolloutActor(RolloutWorker):

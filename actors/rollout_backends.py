@@ -142,17 +142,11 @@ class HFBackend:
                 finish_reason="stop" if stop is not None else "length"))
         return completions
 
-    @torch.no_grad()
     def generate(self, inputs: dict[str, Any], raw_media: dict[str, Any], n: int, *, max_new_tokens: int,
                  temperature: float, top_p: float, seed: int) -> list[Completion]:
-        gen_cfg = self._gen_config(n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-        model_inputs = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
-        torch.manual_seed(seed)
-        out = self.model.generate(**model_inputs, generation_config=gen_cfg)
-        completions = self._completions(out, model_inputs["input_ids"].shape[1], temperature)
-        if temperature <= 0.0:  # greedy decoding is deterministic: G identical samples
-            completions = [completions[0]] * n
-        return completions
+        """G samples for one encoded prompt (a batch of one: nothing to pad)."""
+        return self.generate_batch([inputs], n, max_new_tokens=max_new_tokens, temperature=temperature,
+                                   top_p=top_p, seed=seed)[0]
 
     @torch.no_grad()
     def generate_batch(self, inputs_list: list[dict[str, Any]], n: int, *, max_new_tokens: int,
@@ -179,7 +173,7 @@ class HFBackend:
         if len(rows) != per * len(inputs_list):
             raise RuntimeError(f"batched generate returned {len(rows)} rows for {len(inputs_list)} prompts x {per}")
         groups = [rows[i * per:(i + 1) * per] for i in range(len(inputs_list))]
-        return [g * n if per == 1 else g for g in groups]
+        return [g * n if per == 1 else g for g in groups]  # greedy is deterministic: G identical samples
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         params = dict(self.model.named_parameters())

@@ -876,7 +876,7 @@ class DeepSpeedLearner:
         """The object-store payload (rank 0; None elsewhere). All ranks must call it.
 
         ``copy=False``: on CPU without ZeRO-3, tensors over 1 MiB travel as views of the live parameters, so the
-        object store's copy is the only one the sender makes (``bench.weight_sync``: the ``shared`` candidate).
+        object store's copy is the only one the sender makes (``bench.weight_sync``: the ``ours`` candidate).
         Only for a caller that puts the payload in the object store before the next step changes the parameters,
         as the learner actor does by returning it."""
         version, sd = self.state_for_sync(copy=copy)
