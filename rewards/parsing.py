@@ -174,22 +174,25 @@ def extract_answer(text: str) -> str:
     return text
 
 
+def _as_text(text: Any) -> Optional[str]:
+    """A generation as ``str`` (bytes decoded, invalid UTF-8 replaced); None for anything that is not text."""
+    if isinstance(text, (bytes, bytearray)):
+        return bytes(text).decode("utf-8", errors="replace")
+    return text if isinstance(text, str) else None
+
+
 def answer_text(text: Any) -> str:
     """The answer part of a generation as the caption judge and the similarity model compare it with the reference
     (training reward and leaderboard alike): ``extract_answer``, cut to MAX_CHARS, stripped; "" for non-text."""
-    if isinstance(text, (bytes, bytearray)):
-        text = bytes(text).decode("utf-8", errors="replace")
-    if not isinstance(text, str):
-        return ""
-    return extract_answer(text)[:MAX_CHARS].strip()
+    text = _as_text(text)
+    return "" if text is None else extract_answer(text)[:MAX_CHARS].strip()
 
 
 def prepare_answer(text: Any) -> tuple[str, Optional[str]]:
     """(normalised answer text, None) or ("", reason): bytes are decoded (invalid UTF-8 replaced), the answer is
     extracted, cut to MAX_CHARS, dashes/quotes normalised and whitespace collapsed."""
-    if isinstance(text, (bytes, bytearray)):
-        text = bytes(text).decode("utf-8", errors="replace")
-    if not isinstance(text, str):
+    text = _as_text(text)
+    if text is None:
         return "", "not_text"
     text = extract_answer(text)[:MAX_CHARS].translate(_TRANS)
     text = _WS_RE.sub(" ", text).strip()
@@ -748,9 +751,8 @@ def format_problem(family: str, text: Any, *, labels: Optional[Sequence[str]] = 
 def think_answer_problem(text: Any) -> Optional[str]:
     """None when ``text`` is exactly ``<think>…</think><answer>…</answer>`` (whitespace around allowed, one
     of each tag, a non-empty answer), else a reason code."""
-    if isinstance(text, (bytes, bytearray)):
-        text = bytes(text).decode("utf-8", errors="replace")
-    if not isinstance(text, str):
+    text = _as_text(text)
+    if text is None:
         return "not_text"
     tags = [(m.group(2).casefold(), m.group(1) == "/", m.start(), m.end())
             for m in itertools.islice(_TAG_RE.finditer(text), 5)]  # a fifth tag already fails
