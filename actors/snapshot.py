@@ -9,13 +9,11 @@ a cluster shares (as checkpoints do).
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Optional
 
-from cluster.checkpoints import json_default
+from cluster.checkpoints import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +37,7 @@ class ActorSnapshot:
                 log.warning("actor restarted before it had saved any state: starting empty, as it first did")
             return None
         try:
-            snap = json.loads(self.path.read_text())
+            snap = read_json(self.path)
         except (OSError, ValueError) as e:  # a torn write cannot happen (rename); a damaged disk can
             raise RuntimeError(f"actor snapshot {self.path} is unreadable ({e}); refusing to start from scratch "
                                "silently: delete it to reset this actor's state") from None
@@ -57,11 +55,7 @@ class ActorSnapshot:
 
     def save(self, state: dict[str, Any], call_id: Optional[str] = None, result: Any = None) -> None:
         self.call_id, self.result = call_id, result
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"state": state, "call_id": call_id, "result": result,
-                                   "restores": self.restores}, default=json_default))
-        os.replace(tmp, self.path)
+        if self.path is not None:
+            write_json(self.path, {"state": state, "call_id": call_id, "result": result, "restores": self.restores},
+                       indent=None)
 

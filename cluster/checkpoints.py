@@ -98,9 +98,13 @@ class CheckpointManager:
         return None
 
 
-def write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any, indent: Optional[int] = 1) -> None:
+    """``obj`` as JSON at ``path``, atomically (a temporary file beside it, then a rename): a reader or a crash
+    mid-write sees the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1, default=json_default))
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=indent, default=json_default))
+    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> Any:
