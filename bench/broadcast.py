@@ -61,14 +61,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import multiprocessing as mp
-import socket
 import zlib
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
-from bench.common import Report, Timing, compare, fmt_bytes, fmt_num, parser, ratio
+from bench.common import Report, Timing, compare, fmt_bytes, fmt_num, free_port, parser, ratio
 from bench.weight_sync import ModelSpec, build_model, spec_name
 from learner.weight_sync import (DEFAULT_BUCKET_BYTES, BucketBroadcaster, BucketReceiver, SyncGroup, _broadcast,
                                  dtype_name, init_sync_group, plan_buckets, weights_checksum)
@@ -252,12 +251,6 @@ def _receiver_main(rank: int, world_size: int, port: int, backend: str, specs: l
 
 
 # -- sender ------------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Sender:
     """Rank 0: starts the receivers, joins the group, and drives them with commands."""
 
@@ -270,7 +263,7 @@ class Sender:
         self.version = 0  # of bucketed broadcasts: only moves forward, across models (one BucketReceiver each)
         if backend == "nccl":
             torch.cuda.set_device(0)
-        port = _free_port()
+        port = free_port()
         ctx = mp.get_context("spawn")
         self.procs = [ctx.Process(target=_receiver_main, name=f"bench-broadcast-rx{r}", daemon=True,
                                   args=(r, receivers + 1, port, backend, list(specs), seed, threads, timeout_s))

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,9 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_VERSION = 1
+#: The real MedVidBench examples (``{qa_type: {question, answer}}``): the shared copy, else the test fixture.
+SHARED_EXAMPLES = REPO.parent / "shared" / "data" / "medvidbench_examples.json"
+FIXTURE_EXAMPLES = REPO / "tests" / "fixtures" / "medvidbench_examples.json"
 _PACKAGES = ("numpy", "torch", "ray", "deepspeed", "transformers", "decord", "av")
 
 
@@ -300,3 +304,55 @@ def load_judge_stub() -> Any:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def examples_path() -> Optional[Path]:
+    """The real MedVidBench examples: the shared copy when present, else the test fixture, else None."""
+    for p in (SHARED_EXAMPLES, FIXTURE_EXAMPLES):
+        if p.is_file():
+            return p
+    return None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a rendezvous the caller starts right away)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_local_ray(num_cpus: int = 2, env_vars: Optional[Mapping[str, str]] = None) -> bool:
+    """Start a local Ray (quiet: no dashboard, no driver logs) unless one is already up; returns whether it started
+    one here (the caller then shuts it down). The workers get ``PYTHONPATH`` = the repository, usage stats off,
+    plus ``env_vars``."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env = {"PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0", **(env_vars or {})}
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+             runtime_env={"env_vars": env})
+    return True
+
+
+def require_groups(groups: Sequence[Any], what: str = "") -> list[Any]:
+    """``groups`` from ``RolloutWorker.generate`` as a list, or RuntimeError naming the failed ones (a failed prompt
+    comes back as an error record with no ``completions``); ``what`` says which prompts, for the message."""
+    bad = [g for g in groups if not hasattr(g, "completions")]
+    if bad:
+        on = f" on {what}" if what else ""
+        raise RuntimeError(f"rollout failed{on}: {len(bad)} of {len(groups)} groups, e.g. {bad[:2]}")
+    return list(groups)
+
+
+def synth_tiny_model(root: Path, seed: int, n_per_task: int = 2) -> tuple[list[Any], str]:
+    """Synthetic MedVidBench under ``root/synth`` and the tiny Qwen2.5-VL under ``root/model`` (tokenizer trained
+    on the train split's non-empty questions and answers); returns the train instances and the model path."""
+    from data.reader import read_instances
+    from data.synthetic import generate
+    from learner.tiny_model import build_tiny_model
+
+    files = generate(root / "synth", n_per_task=n_per_task, seed=seed)
+    instances = read_instances(files["train"]).instances
+    corpus = [t for i in instances for t in (i.question, i.answer) if t]
+    return instances, str(build_tiny_model(root / "model", corpus_texts=corpus, seed=seed))

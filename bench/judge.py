@@ -33,7 +33,8 @@ import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from actors.judge_backends import JudgeBackend
-from bench.common import REPO, Report, compare, fmt_num, load_judge_stub, parser, ratio
+from bench.common import (FIXTURE_EXAMPLES, SHARED_EXAMPLES, Report, compare, examples_path, fmt_num,
+                          load_judge_stub, parser, ratio)
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 _REPLY = json.dumps({"terminology": 4, "instrument_anatomy": 5, "specificity": 3, "procedure_context": 4,
@@ -79,8 +80,9 @@ def ideal_items_per_s(n_items: int, batch: int, latency_s: float, per_item_s: fl
 
 def caption_pairs(n: int, tag: str = "") -> list[tuple[str, str]]:
     """``n`` distinct (reference, candidate) caption pairs built from the real MedVidBench caption answers."""
-    shared = REPO.parent / "shared" / "data" / "medvidbench_examples.json"
-    path = shared if shared.exists() else REPO / "tests" / "fixtures" / "medvidbench_examples.json"
+    path = examples_path()
+    if path is None:
+        raise FileNotFoundError(f"no MedVidBench examples file: neither {SHARED_EXAMPLES} nor {FIXTURE_EXAMPLES}")
     examples = json.loads(path.read_text(encoding="utf-8"))
     refs = [examples[k]["answer"] for k in ("video_summary_gpt", "region_caption_gpt") if k in examples]
     if not refs:
@@ -109,8 +111,8 @@ def _check(outcomes: list[Any], n: int) -> None:
         raise RuntimeError(f"judge bench: {len(bad)} of {len(outcomes)} judgements failed: {bad[:2]}")
 
 
-def batch_sweep(n_items: int, batches: Sequence[int], make_backend: Callable[[int], Any], rounds: int,
-                one_by_one: bool = True) -> tuple[dict[str, Any], list[Any]]:
+def batch_sweep(n_items: int, batches: Sequence[int], make_backend: Callable[[int], Any], rounds: int
+                ) -> tuple[dict[str, Any], list[Any]]:
     """Time ``score`` over ``n_items`` pairs for each batch size (and one call per pair); returns the timings and
     the backends (to close). Caching is off, so every item reaches the backend."""
     pairs = caption_pairs(n_items)
@@ -121,29 +123,24 @@ def batch_sweep(n_items: int, batches: Sequence[int], make_backend: Callable[[in
         backends.append(be)
         core = _core(b, be)
         cands[f"b{b}"] = lambda core=core: _check(core.score(pairs, "vs"), n_items)
-    if one_by_one:
-        be = make_backend(1)
-        backends.append(be)
-        single = _core(1, be)
-        cands["one_by_one"] = lambda: [_check(single.score([p], "vs"), 1) for p in pairs]
+    be = make_backend(1)
+    backends.append(be)
+    single = _core(1, be)
+    cands["one_by_one"] = lambda: [_check(single.score([p], "vs"), 1) for p in pairs]
     return compare(cands, rounds=rounds, min_time=0.0, warmup=1), backends
 
 
 def sweep_rows(t: dict[str, Any], n_items: int, batches: Sequence[int],
                ideal: Optional[Callable[[int], float]] = None) -> list[dict[str, Any]]:
-    base = t["one_by_one"] if "one_by_one" in t else t[f"b{batches[0]}"]
+    """One row per batch size, then the one-by-one baseline (batch 1), each with its speed-up over the baseline
+    and, given ``ideal`` (batch -> items/s), the ideal rate and measured / ideal."""
+    base = t["one_by_one"]
     rows = []
-    for b in batches:
-        tb = t[f"b{b}"]
-        row = {"batch": b, "items_s": n_items / tb.median, "vs_one_by_one": ratio(base, tb), "noise": tb.spread}
+    for label, size, tb in [(b, b, t[f"b{b}"]) for b in batches] + [("one by one", 1, base)]:
+        row = {"batch": label, "items_s": n_items / tb.median,
+               "vs_one_by_one": 1.0 if tb is base else ratio(base, tb), "noise": tb.spread}
         if ideal is not None:
-            row["ideal_items_s"] = ideal(b)
-            row["efficiency"] = row["items_s"] / row["ideal_items_s"]
-        rows.append(row)
-    if "one_by_one" in t:
-        row = {"batch": "one by one", "items_s": n_items / base.median, "vs_one_by_one": 1.0, "noise": base.spread}
-        if ideal is not None:
-            row["ideal_items_s"] = ideal(1)
+            row["ideal_items_s"] = ideal(size)
             row["efficiency"] = row["items_s"] / row["ideal_items_s"]
         rows.append(row)
     return rows

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -38,15 +37,9 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from bench.common import Report, compare, fmt_num, parser, ratio
+from bench.common import Report, compare, fmt_num, free_port, parser, ratio, require_groups, synth_tiny_model
 
 G = 8
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _plain_setup(model_path: str, cfg: Any) -> tuple[Any, torch.optim.Optimizer, list[torch.nn.Parameter]]:
@@ -125,10 +118,8 @@ def rollout_rates(worker: Any, video: list[Any], max_new_tokens: int, rounds: in
     decode_share: list[float] = []
     prompt_len: dict[str, float] = {}
     for name, prompts in cands.items():  # warm-up (first call pays lazy initialisation)
-        groups = worker.generate(prompts, G, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
-        failures = [g for g in groups if not hasattr(g, "completions")]
-        if failures:
-            raise RuntimeError(f"rollout failed on {name} prompts: {failures[:2]}")
+        groups = require_groups(worker.generate(prompts, G, max_new_tokens=max_new_tokens, temperature=1.0,
+                                                seed=seed), f"{name} prompts")
         prompt_len[name] = statistics.mean(len(g.prompt_ids) for g in groups)
     names = list(cands)
     for r in range(rounds):
@@ -186,11 +177,9 @@ def rollout_vs_plain(worker: Any, video: list[Any], max_new_tokens: int, rounds:
     inputs = [e[0] for e in encoded]
 
     def run_worker() -> list[list[int]]:
-        groups = worker.generate(video, G, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed,
-                                 batched=False)  # the per-prompt path, like for like with the plain loop
-        bad = [g for g in groups if not hasattr(g, "completions")]
-        if bad:
-            raise RuntimeError(f"rollout failed: {bad[:2]}")
+        # batched=False: the per-prompt path, like for like with the plain loop
+        groups = require_groups(worker.generate(video, G, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed,
+                                                batched=False))
         return [c.response_ids for g in groups for c in g.completions]
 
     def run_engine() -> list[list[int]]:
@@ -223,16 +212,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
     from actors.rollout import RolloutWorker
     from cluster.config import load_config
-    from data.reader import read_instances
-    from data.synthetic import generate
     from learner.deepspeed_learner import DeepSpeedLearner, build_policy_batch
-    from learner.tiny_model import build_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="bench-learner-") as tmp:
-        files = generate(Path(tmp) / "synth", n_per_task=2, seed=args.seed)
-        instances = read_instances(files["train"]).instances
-        corpus = [t for i in instances for t in (i.question, i.answer) if t]
-        model_path = str(build_tiny_model(Path(tmp) / "model", corpus_texts=corpus, seed=args.seed))
+        instances, model_path = synth_tiny_model(Path(tmp), args.seed)
         cfg = load_config("cpu_demo", [f"model.path={model_path}", "learner.lr=1e-5", "learner.warmup_steps=0",
                                        f"rollout.max_new_tokens={max_new}"])
         mc = cfg.data
@@ -274,7 +257,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         adv = (torch.rand(len(groups), G, generator=gen) * 2 - 1).tolist()
         batch = build_policy_batch(groups, adv)
         t0 = time.perf_counter()
-        lrn = DeepSpeedLearner(cfg, rank=0, world_size=1, master_port=_free_port())
+        lrn = DeepSpeedLearner(cfg, rank=0, world_size=1, master_port=free_port())
         info = lrn.setup()
         setup_s = time.perf_counter() - t0
         try:

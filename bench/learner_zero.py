@@ -53,8 +53,9 @@ from unittest import mock
 
 import torch
 
-from bench.common import REPO, Report, Timing, compare, fmt_bytes, fmt_num, parser, ratio
-from bench.learner import G, _free_port, _plain_setup, _plain_step, _prep
+from bench.common import (Report, Timing, compare, fmt_bytes, fmt_num, free_port, init_local_ray, parser, ratio,
+                          require_groups, synth_tiny_model)
+from bench.learner import G, _plain_setup, _plain_step, _prep
 
 GET_TIMEOUT_S = 600.0
 LOSS_TOL = 1e-5  # absolute, scaled by max(1, |loss|)
@@ -134,10 +135,7 @@ def _policy_batch(worker: Any, video: list[Any], max_new: int, seed: int) -> dic
     """G samples per prompt from the rollout worker, random advantages in [-1, 1] (as ``bench.learner``)."""
     from learner.deepspeed_learner import build_policy_batch
 
-    groups = worker.generate(video, G, max_new_tokens=max_new, temperature=1.0, seed=seed + 100)
-    bad = [g for g in groups if not hasattr(g, "completions")]
-    if bad:
-        raise RuntimeError(f"rollout failed: {bad[:2]}")
+    groups = require_groups(worker.generate(video, G, max_new_tokens=max_new, temperature=1.0, seed=seed + 100))
     gen = torch.Generator().manual_seed(seed)
     adv = (torch.rand(len(groups), G, generator=gen) * 2 - 1).tolist()
     return build_policy_batch(groups, adv)
@@ -215,31 +213,22 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     from actors.rollout import RolloutWorker
     from cluster.config import load_config
-    from data.reader import read_instances
-    from data.synthetic import generate
     from learner.deepspeed_learner import DeepSpeedLearner, split_batch
-    from learner.tiny_model import build_tiny_model
     from learner.weight_sync import weights_checksum
 
     n_prompts, max_new, rounds, min_time = (2, 16, 4, 0.3) if args.quick else (4, 32, 7, 1.5)
-    started_here = not ray.is_initialized()
-    if started_here:  # before the in-process learner sets RANK/MASTER_PORT here: the raylet would inherit them
-        env = {"PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0", "DS_ACCELERATOR": "cpu",
-               "TOKENIZERS_PARALLELISM": "false"}
-        if args.threads > 0:  # the rank processes get the driver's thread count
-            env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
-                 runtime_env={"env_vars": env})
+    # before the in-process learner sets RANK/MASTER_PORT here: the raylet would inherit them
+    env = {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}
+    if args.threads > 0:  # the rank processes get the driver's thread count
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    started_here = init_local_ray(num_cpus=2, env_vars=env)
     groups: dict[str, Any] = {}
     pending: Optional[tuple[Any, dict[str, Any], float]] = None
     local: Optional[DeepSpeedLearner] = None
     out: dict[str, Any] = {"rounds": rounds, "min_time": min_time}
     try:
         with tempfile.TemporaryDirectory(prefix="bench-learner-zero-") as tmp:
-            files = generate(Path(tmp) / "synth", n_per_task=2, seed=args.seed)
-            instances = read_instances(files["train"]).instances
-            corpus = [t for i in instances for t in (i.question, i.answer) if t]
-            model_path = str(build_tiny_model(Path(tmp) / "model", corpus_texts=corpus, seed=args.seed))
+            instances, model_path = synth_tiny_model(Path(tmp), args.seed)
             base = ["learner.lr=1e-5", "learner.warmup_steps=0", f"rollout.max_new_tokens={max_new}",
                     "learner.num_cpus=0", f"cluster.get_timeout_s={GET_TIMEOUT_S}", "learner.collective_timeout_s=300"]
             cfgs = {st: load_config("cpu_demo", [f"model.path={model_path}", f"learner.zero_stage={st}", *base])
@@ -260,7 +249,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
             saved_env = dict(os.environ)
             t0 = time.perf_counter()
-            local = DeepSpeedLearner(cfg, rank=0, world_size=1, master_port=_free_port(), model_path=model_path)
+            local = DeepSpeedLearner(cfg, rank=0, world_size=1, master_port=free_port(), model_path=model_path)
             try:
                 out["info"] = local.setup()
             finally:  # the rank's RANK/MASTER_PORT/... must not leak into anything started later

@@ -532,15 +532,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                for k in SYSTEMS if rows_by[k]],
               [("system", "system", str), ("total", "total", fmt_num), *((p, p, fmt_num) for p in su_keys)])
 
-    def ratio_of(system: str, key: str = "samples_s") -> float:
-        """Median over rounds of ``key``(system) / ``key``(trl), pairing the runs of the same round."""
+    def per_round(system: str, key: str = "samples_s") -> list[float]:
+        """``key``(system) / ``key``(trl) for each round both ran, pairing the runs of the same round."""
         trl = {row["round"]: row[key] for row in rows_by["trl"]}
-        per = [row[key] / trl[row["round"]] for row in rows_by[system] if row["round"] in trl]
+        return [row[key] / trl[row["round"]] for row in rows_by[system] if row["round"] in trl]
+
+    def ratio_of(system: str, key: str = "samples_s") -> float:
+        """Median over rounds of ``per_round``."""
+        per = per_round(system, key)
         return statistics.median(per) if per else math.nan
 
     def ratio_range(system: str) -> str:
-        trl = {row["round"]: row["samples_s"] for row in rows_by["trl"]}
-        per = [row["samples_s"] / trl[row["round"]] for row in rows_by[system] if row["round"] in trl]
+        per = per_round(system)
         return f"{min(per):.2f}-{max(per):.2f}" if per else "-"
 
     rep.tables["runs"] = [row for rows in rows_by.values() for row in rows]

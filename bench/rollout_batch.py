@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from bench.common import Report, compare, fmt_num, parser
+from bench.common import Report, compare, fmt_num, parser, require_groups, synth_tiny_model
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
@@ -38,15 +38,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     import torch
 
     from actors.rollout import RolloutWorker
-    from data.reader import read_instances
-    from data.synthetic import generate
-    from learner.tiny_model import build_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="bench-rollout-batch-") as tmp:
-        files = generate(str(Path(tmp) / "synth"), n_per_task=2, seed=args.seed)
-        instances = read_instances(files["train"]).instances
-        corpus = [t for i in instances for t in (i.question, i.answer) if t]
-        model_path = str(build_tiny_model(Path(tmp) / "model", corpus_texts=corpus, seed=args.seed))
+        instances, model_path = synth_tiny_model(Path(tmp), args.seed)
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
         rep.note(f"hf backend on {device}, {dtype}")
@@ -67,11 +61,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         counts: dict[str, list[tuple[int, int]]] = {name: [] for name in workers}
 
         def run(name: str) -> None:
-            groups = workers[name].generate(video, args.group, max_new_tokens=args.max_new_tokens, temperature=1.0,
-                                            seed=len(counts[name]), batched=name != "per_prompt")
-            bad = [g for g in groups if not hasattr(g, "completions")]
-            if bad:
-                raise RuntimeError(f"rollout failed: {bad[:2]}")
+            groups = require_groups(workers[name].generate(
+                video, args.group, max_new_tokens=args.max_new_tokens, temperature=1.0, seed=len(counts[name]),
+                batched=name != "per_prompt"), f"{name} prompts")
             comps = [c for g in groups for c in g.completions]
             counts[name].append((len(comps), sum(len(c.response_ids) for c in comps)))
 

@@ -54,15 +54,13 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
-from bench.common import REPO, Report, compare, fmt_num, parser, ratio
+from bench.common import Report, compare, examples_path, fmt_num, parser, ratio
 
 G = 8  # predictions per reference (the MedGRPO recipe's group size)
 VARIANTS = ("reference", "first_half", "first_sentence", "other_row", "empty", "in_prose", "first_half_again",
             "words_dropped")
 CAPTION_FAMILIES = ("vs", "rc")
 SAME_ATOL = 1e-6  # scores closer than this are "the same" (batch composition moves the model's output ~1e-7)
-SHARED_EXAMPLES = Path("/work/shared/data/medvidbench_examples.json")
-FIXTURE_EXAMPLES = REPO / "tests" / "fixtures" / "medvidbench_examples.json"
 TAGGED_THINK = "I look at the instruments and how they move before I describe the clip."
 
 
@@ -113,14 +111,6 @@ def step_pairs(groups: Sequence[Group], n_captions: int) -> tuple[list[Any], lis
             refs.append(g.instance.answer)
             preds.append(text)
     return insts, refs, preds
-
-
-def examples_path() -> Optional[Path]:
-    """The real MedVidBench examples: the shared copy when present, else the test fixture, else None."""
-    for p in (SHARED_EXAMPLES, FIXTURE_EXAMPLES):
-        if p.is_file():
-            return p
-    return None
 
 
 def example_instances(path: Path) -> list[Any]:
@@ -478,7 +468,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     raw, extracted = tagged_similarity(sim, groups[0].instance)
     by_n = {s["captions"]: s for s in summaries}
     for n in sizes:
-        s = by_n[n]
         rep.summary[f"pairs_s_step@{n}"] = next(r["pairs_s"] for r in rows
                                                 if r["captions"] == n and r["candidate"] == "step")
         rep.summary[f"ms_per_step@{n}"] = next(r["ms_per_step"] for r in rows

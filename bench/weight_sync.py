@@ -41,7 +41,7 @@ import ray
 import torch
 from torch import nn
 
-from bench.common import REPO, Report, compare, fmt_bytes, fmt_num, parser, ratio
+from bench.common import Report, compare, fmt_bytes, fmt_num, init_local_ray, parser, ratio
 from learner.weight_sync import WeightReceiver, _tensor_bytes, pack_weights, weights_checksum
 
 GET_TIMEOUT_S = 300.0
@@ -81,13 +81,12 @@ class SyncTarget:
         self.receiver = WeightReceiver(version=-1, strict=True, verify=True)
         self.buf: Optional[np.ndarray] = None
 
-    def apply(self, payload: Any, verify: bool) -> int:
-        self.receiver.verify = verify
+    def apply(self, payload: Any) -> int:
         return self.receiver.apply(self.model, payload)
 
-    def timed_apply(self, payload: Any, verify: bool) -> float:
+    def timed_apply(self, payload: Any) -> float:
         t0 = time.perf_counter()
-        self.apply(payload, verify)
+        self.apply(payload)
         return time.perf_counter() - t0
 
     def fetch(self, obj: Any) -> int:
@@ -124,7 +123,7 @@ def bench_model(spec: ModelSpec, rounds: int, min_time: float, seed: int) -> tup
         payload = pack_weights(version[0], model, copy=copy, checksum=checksum)
         ref = ray.put(payload)
         del payload
-        got = ray.get(target.apply.remote(ref, True), timeout=GET_TIMEOUT_S)
+        got = ray.get(target.apply.remote(ref), timeout=GET_TIMEOUT_S)
         if got != version[0]:
             raise RuntimeError(f"receiver at version {got}, expected {version[0]}")
 
@@ -148,7 +147,7 @@ def bench_model(spec: ModelSpec, rounds: int, min_time: float, seed: int) -> tup
                 rounds=rounds, min_time=min_time)
     # correctness: after the last sync the actor holds exactly the driver's weights (every byte compared)
     version[0] += 1
-    ray.get(target.apply.remote(ray.put(pack_weights(version[0], model)), True), timeout=GET_TIMEOUT_S)
+    ray.get(target.apply.remote(ray.put(pack_weights(version[0], model))), timeout=GET_TIMEOUT_S)
     in_sync = ray.get(target.checksum.remote(), timeout=GET_TIMEOUT_S) == weights_checksum(model, mode="full")
 
     # breakdown of `ours` (separate passes, not interleaved: where the time goes, not a headline figure)
@@ -160,7 +159,7 @@ def bench_model(spec: ModelSpec, rounds: int, min_time: float, seed: int) -> tup
         t1 = time.perf_counter()
         ref = ray.put(payload)
         t2 = time.perf_counter()
-        apply_in_actor = ray.get(target.timed_apply.remote(ref, True), timeout=GET_TIMEOUT_S)
+        apply_in_actor = ray.get(target.timed_apply.remote(ref), timeout=GET_TIMEOUT_S)
         t3 = time.perf_counter()
         payload.verify()  # the receiver's checksum pass, timed alone
         t4 = time.perf_counter()
@@ -197,10 +196,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if not args.quick:
         specs.insert(2, ("linear", 2048, 24))
     rounds, min_time = (3, 0.1) if args.quick else (5, 0.5)
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
-                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}})
+    started_here = init_local_ray(num_cpus=2)
     try:
         results = [bench_model(s, rounds, min_time, args.seed) for s in specs]
     finally:
