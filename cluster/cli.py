@@ -181,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--judge-base-url", default="http://127.0.0.1:8000/v1")
     e.add_argument("--judge-api-key-env", default="OPENAI_API_KEY")
     e.add_argument("--data-root", action="append", help="allowed media root (repeatable)")
+    e.add_argument("--baseline-from", help="training references to fit the baseline columns on (majority answer, "
+                                           "mean segment/box); default: the references themselves")
     e.set_defaults(fn=_cmd_eval)
 
     tr = sub.add_parser("train", help="run SFT/GRPO training (local Ray, or the cluster in RAY_ADDRESS)")

@@ -111,6 +111,11 @@ class Trainer:
         skipped.update({f"data/eval_skipped/{k}": v for k, v in self.eval_skipped.items()})
         skipped["data/train_instances"] = len(self.train_instances)
         self.tracker.log_metrics(skipped, step=self.global_step)
+        self._baseline: Optional[dict[str, Any]] = None
+        if self.eval_instances:  # what the eval table is read against, beside eval/*
+            from rewards.leaderboard import flat_metrics
+
+            self.tracker.log_metrics(flat_metrics(self.baseline(), "baseline/"), step=self.global_step)
 
     # -- setup ---------------------------------------------------------------------------------------------
     def _load_data(self) -> None:
@@ -451,19 +456,28 @@ class Trainer:
         return m
 
     # -- evaluation ----------------------------------------------------------------------------------------
-    def evaluate(self, prefix: str = "eval/") -> dict[str, float]:
+    def evaluate_result(self) -> dict[str, Any]:
+        """The leaderboard result (``rewards.leaderboard.evaluate``) of greedy answers on the eval split."""
         from rewards.leaderboard import evaluate
 
-        if not self.eval_instances:
-            return {}
         preds = self.actors.predict(self.eval_instances, max_new_tokens=self.cfg.rollout.max_new_tokens,
                                     timeout=self.timeout)
-        result = evaluate(self.eval_instances, preds)
-        out = {}
-        for k, v in result["table"].items():
-            if isinstance(v, (int, float)) and v is not None:
-                out[prefix + k] = float(v)
-        return out
+        return evaluate(self.eval_instances, preds)
+
+    def evaluate(self, prefix: str = "eval/") -> dict[str, float]:
+        """Eval metrics: ``<prefix><column>`` pooled, ``<prefix>source_mean/<column>``, ``<prefix><source>/..``."""
+        from rewards.leaderboard import flat_metrics
+
+        return flat_metrics(self.evaluate_result(), prefix) if self.eval_instances else {}
+
+    def baseline(self) -> dict[str, Any]:
+        """Constant-prediction baselines fitted on the training split, scored on the eval split
+        (``rewards.baselines``); computed once."""
+        from rewards.baselines import baseline_table
+
+        if self._baseline is None:
+            self._baseline = baseline_table(self.train_instances, self.eval_instances)
+        return self._baseline
 
     def close(self) -> None:
         self.actors.shutdown()

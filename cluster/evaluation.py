@@ -32,6 +32,7 @@ from cluster.config import JudgeConfig
 from data.predictions import PredictionSet, read_predictions
 from data.reader import PATH_OUTSIDE_ROOTS, DataFileError, ReadResult, read_instances
 from data.schema import Instance
+from rewards.baselines import baseline_table
 from rewards.leaderboard import JudgeFn, SimilarityFn, evaluate, format_table
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -166,12 +167,24 @@ def make_judge(backend: str, model: str = "", base_url: str = "http://127.0.0.1:
 
 def evaluate_files(references: PathLike, predictions: PathLike, *,
                    data_roots: Optional[Sequence[PathLike]] = None, judge_fn: Optional[JudgeFn] = None,
-                   similarity_fn: Optional[SimilarityFn] = None) -> dict[str, Any]:
-    """Read both files and score them: ``evaluate``'s result (``table``, ``by_source``, ``counts``, ``skipped``,
-    ``columns``) plus ``inputs`` (what was read and skipped from each file). Raises ``EvalInputError``."""
+                   similarity_fn: Optional[SimilarityFn] = None,
+                   baseline_from: Optional[PathLike] = None) -> dict[str, Any]:
+    """Read both files and score them: ``evaluate``'s result (``table``, ``by_source``, ``source_mean``,
+    ``counts``, ``skipped``, ``columns``), ``baseline`` (``rewards.baselines.baseline_table`` fitted on the
+    training references ``baseline_from``, else on the references themselves, as its ``note`` says) and
+    ``inputs`` (what was read and skipped from each file). Raises ``EvalInputError``."""
     refs = load_references(references, data_roots)
     preds = load_predictions(predictions, refs.instances)
     result = evaluate(refs.instances, preds.predictions, judge_fn=judge_fn, similarity_fn=similarity_fn)
+    if baseline_from is not None:
+        train = load_references(baseline_from, data_roots).instances
+        note = f"constant predictions fitted on {baseline_from} (majority answer; mean segment/box)"
+    else:
+        train = refs.instances
+        note = ("constant predictions fitted on the references themselves (majority answer; mean segment/box); "
+                "--baseline-from TRAIN fits them on training data")
+    result["baseline"] = baseline_table(train, refs.instances)
+    result["baseline"]["note"] = note
     counts = result["counts"]
     if sum(counts["reference_errors"].values()) + counts["unknown_qa_type"] >= len(refs.instances):
         raise EvalInputError(f"references: {references}: no reference has a usable ground truth "
@@ -205,7 +218,7 @@ def format_report(report: dict[str, Any]) -> str:
                      + (f" ({_reasons(p['skipped_by_reason'])})" if p["skipped"] else ""))
     if lines:
         lines.append("")
-    lines.append(format_table(report))
+    lines.append(format_table(report, report.get("baseline")))
     judge = report.get("judge")
     if judge:
         lines.append(f"judge {judge['backend']} ({judge['model']}): {judge['ok']} of {judge['asked']} judgements"
@@ -253,7 +266,7 @@ def run_eval(args: argparse.Namespace, *, stdout: Optional[TextIO] = None, stder
                 getattr(args, "judge_api_key_env", "OPENAI_API_KEY"),
                 progress=lambda done, total: print(f"judge: {done}/{total} pairs", file=err_f, flush=True))
         report = evaluate_files(args.references, args.predictions, data_roots=getattr(args, "data_root", None),
-                                judge_fn=judge)
+                                judge_fn=judge, baseline_from=getattr(args, "baseline_from", None))
         if judge is not None:
             report["judge"] = judge.summary()
     except EvalInputError as e:

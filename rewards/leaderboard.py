@@ -55,6 +55,7 @@ _LLM_COLUMN = {"dvc": "dvc_llm", "vs": "vs_llm", "rc": "rc_llm"}
 _SIM_COLUMN = {"dvc": "dvc_sim", "vs": "vs_sim", "rc": "rc_sim"}
 _FAMILY_OF_IMAGE_COLUMN = {"vqa_acc": "vqa", "box_miou": "box", "cls_acc": "cls"}
 ALL_SOURCES = "all"
+SOURCE_MEAN = "src-mean"
 
 
 def _valid(v: Any, lo: float, hi: float) -> Optional[float]:
@@ -78,7 +79,8 @@ def evaluate(references: Sequence[Instance], predictions: Mapping[str, str], *,
 
     ``judge_fn(pairs)`` gets ``[(reference, candidate), ...]`` and returns one 1–5 score or None per pair;
     ``similarity_fn`` the same with cosine similarities in [-1, 1]. Returns ``{"table", "by_source", "counts",
-    "skipped", "columns"}``: ``table``/``by_source[source]`` map column -> mean (None: no data or skipped).
+    "skipped", "columns", "source_mean"}``: ``table`` (pooled over every reference), ``by_source[source]`` and
+    ``source_mean`` (the mean of the per-source means) map column -> value (None: no data or skipped).
     """
     columns = list(COLUMNS)
     fams_present = {P.family_of(r) for r in references}
@@ -162,6 +164,7 @@ def evaluate(references: Sequence[Instance], predictions: Mapping[str, str], *,
 
     table = {c: mean(c, None)[0] for c in columns}
     by_source = {s: {c: mean(c, s)[0] for c in columns} for s in sources}
+    source_mean = {c: _mean_of([by_source[s][c] for s in sources]) for c in columns}
     counts = {
         "references": len(references),
         "predictions": len(predictions),
@@ -180,7 +183,40 @@ def evaluate(references: Sequence[Instance], predictions: Mapping[str, str], *,
         "judge_missing": dict(judge_missing),
         "similarity_missing": dict(sim_missing),
     }
-    return {"table": table, "by_source": by_source, "counts": counts, "skipped": skipped, "columns": columns}
+    return {"table": table, "by_source": by_source, "source_mean": source_mean, "counts": counts,
+            "skipped": skipped, "columns": columns}
+
+
+def _mean_of(vals: Sequence[Optional[float]]) -> Optional[float]:
+    got = [v for v in vals if v is not None]
+    return sum(got) / len(got) if got else None
+
+
+def rule_columns(family: str) -> list[str]:
+    """The rule-based columns a task family scores into (empty for caption-only families)."""
+    return [col for col, _, _ in _RULE_COLUMNS.get(family, [])]
+
+
+def flat_metrics(result: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """``evaluate``'s result as flat metrics: ``<prefix><col>`` (pooled), ``<prefix>source_mean/<col>`` and
+    ``<prefix><source>/<col>``; columns without a value are left out."""
+    out: dict[str, float] = {}
+    parts = [("", result["table"]), ("source_mean/", result.get("source_mean", {}))]
+    parts += [(f"{s}/", row) for s, row in result.get("by_source", {}).items()]
+    for label, row in parts:
+        for col, v in row.items():
+            if isinstance(v, (int, float)):
+                out[f"{prefix}{label}{col}"] = float(v)
+    return out
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    """Rows as text columns (first left-aligned, the rest right-aligned), a rule under the first row."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
 
 
 def _fmt(v: Optional[float], col: str, skipped: Sequence[str]) -> str:
@@ -191,9 +227,11 @@ def _fmt(v: Optional[float], col: str, skipped: Sequence[str]) -> str:
     return f"{v:.2f}" if col.endswith("_llm") else f"{v:.3f}"
 
 
-def format_table(result: Mapping[str, Any]) -> str:
-    """A plain-text table of ``evaluate``'s result: one row per column, ``all`` then each data source, and a
-    summary of the counts."""
+def format_table(result: Mapping[str, Any], baseline: Optional[Mapping[str, Any]] = None) -> str:
+    """A plain-text table of ``evaluate``'s result: one row per column, ``all`` (pooled: every reference counts
+    once) then each data source; below it one row per summary, column by column: ``src-mean`` (the mean of the
+    per-source means) and, with ``baseline`` (a ``rewards.baselines.baseline_table`` result), the baseline's
+    pooled and source-mean values; then a summary of the counts."""
     columns = list(result.get("columns") or result["table"].keys())
     skipped = list(result.get("skipped", []))
     sources = list(result.get("by_source", {}))
@@ -203,10 +241,13 @@ def format_table(result: Mapping[str, Any]) -> str:
     for col in columns:
         rows.append([col, str(counts.get("n", {}).get(col, 0)), _fmt(result["table"].get(col), col, skipped),
                      *(_fmt(result["by_source"][s].get(col), col, skipped) for s in sources)])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
-             for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = _aligned(rows)
+    summary = [["summary", *columns],
+               [SOURCE_MEAN, *(_fmt((result.get("source_mean") or {}).get(c), c, skipped) for c in columns)]]
+    if baseline is not None:
+        for label, part in (("baseline(all)", "table"), ("baseline(src-mean)", "source_mean")):
+            summary.append([label, *(_fmt(baseline[part].get(c), c, []) for c in columns)])
+    lines += [""] + _aligned(summary)
     lines.append("")
     lines.append(f"references {counts.get('references', 0)}, predictions {counts.get('predictions', 0)}, "
                  f"missing predictions {counts.get('missing_predictions', 0)}, "
@@ -222,4 +263,7 @@ def format_table(result: Mapping[str, Any]) -> str:
             lines.append(f"{label}: " + ", ".join(f"{k} {v}" for k, v in sorted(d.items())))
     if skipped:
         lines.append(f"skipped (no judge): {', '.join(skipped)}")
+    lines.append(f"{ALL_SOURCES}: pooled over every reference; {SOURCE_MEAN}: mean of the per-source means")
+    if baseline is not None:
+        lines.append("baseline: " + (baseline.get("note") or "constant predictions (rewards.baselines)"))
     return "\n".join(lines)
