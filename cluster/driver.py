@@ -253,6 +253,8 @@ class Trainer:
                         self.tracker.log_metrics(self.evaluate(prefix="eval/"), step=self.global_step)
                     if self.cfg.checkpoint_every and self.global_step % self.cfg.checkpoint_every == 0:
                         self.save_checkpoint(pending)
+                if stage.kind == "sft":  # the rollout actors (GRPO, eval) start from the SFT weights
+                    self.weight_version = self.actors.push_weights(timeout=self.timeout)
                 self.stage_index += 1
                 self.stage_step = 0
             self.tracker.finish()

@@ -51,7 +51,7 @@ import numpy as np
 from data.schema import IMAGE_QA_TYPES, VIDEO_QA_TYPES, sample_id
 
 GENERATOR = "medgrpo.data.synthetic"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 NATIVE_FPS = 4.0
 DEFAULT_SIZE = (112, 84)  # width, height
 TIME_GRID = 0.5
@@ -661,15 +661,26 @@ def _make_segment(rng: np.random.Generator, action: str, start: float, end: floa
 
 
 def make_video_spec(video_id: str, profile: SourceProfile, split: str, seed: int, skill_level: str,
-                    width: int = DEFAULT_SIZE[0], height: int = DEFAULT_SIZE[1]) -> VideoSpec:
-    """A random clip of consecutive procedure steps (seeded by ``seed`` and ``video_id``)."""
+                    width: int = DEFAULT_SIZE[0], height: int = DEFAULT_SIZE[1], *, next_index: Optional[int] = None,
+                    cvs_class: Optional[int] = None) -> VideoSpec:
+    """A random clip of consecutive procedure steps (seeded by ``seed`` and ``video_id``).
+
+    ``next_index``: the procedure step that follows the clip (``NEXT_INDICES``; random when None), so the next
+    action is the step after the last instrument drawn. ``cvs_class``: the class (0-3, ``rewards.metrics.cvs_class``
+    of the summed score) the drawn anatomy shows (random criteria when None)."""
     rng = _rng(seed, "video", video_id)
     proc = profile.procedure
+    if next_index is not None and not 2 <= next_index < len(proc):
+        raise ValueError(f"next_index={next_index} must lie in [2, {len(proc) - 1}] (a clip shows >= 2 steps)")
     jitter = float({"expert": rng.uniform(0.2, 0.6), "intermediate": rng.uniform(1.6, 2.2),
                     "novice": rng.uniform(2.8, 3.8)}[skill_level])
     for _attempt in range(50):
-        n_steps = int(rng.integers(2, min(4, len(proc) - 1) + 1))
-        first = int(rng.integers(0, len(proc) - n_steps))  # the step after the clip always exists
+        if next_index is None:
+            n_steps = int(rng.integers(2, min(4, len(proc) - 1) + 1))
+            first = int(rng.integers(0, len(proc) - n_steps))  # the step after the clip always exists
+        else:
+            n_steps = int(rng.integers(2, min(4, next_index) + 1))
+            first = next_index - n_steps
         plan: list[tuple[str, float, float]] = []
         t = _grid(float(rng.uniform(0.0, 1.0))) if rng.random() < 0.5 else 0.0
         for action in proc[first:first + n_steps]:
@@ -704,7 +715,7 @@ def make_video_spec(video_id: str, profile: SourceProfile, split: str, seed: int
         t0 = float(rng.uniform(seg.start, seg.end))
         x, y = seg.path_point(t0)
         bleeds.append((round(t0, 3), round(x, 2), round(y, 2), float(rng.uniform(2.5, 4.0))))
-    cvs = {k: int(rng.integers(0, 3)) for k in CVS_CRITERIA}
+    cvs = _cvs_scores(rng, cvs_class)
     anatomy = Anatomy.sample(rng, width, height)
     clutter = []
     for _ in range(profile.clutter):
@@ -716,6 +727,26 @@ def make_video_spec(video_id: str, profile: SourceProfile, split: str, seed: int
     return VideoSpec(video_id, profile.name, split, int(rng.integers(0, 2**31 - 1)), width, height,
                      profile.sampling_fps, duration, proc, segments, proc[first + n_steps], skill_level, jitter,
                      n_pauses, bleeds, cvs, anatomy, clutter, profile.noise_std, profile.contrast)
+
+
+_CVS_TOTALS = {0: (0, 1), 1: (2, 3), 2: (4, 5), 3: (6,)}  # class -> summed scores (rewards.metrics.cvs_class)
+
+
+def _cvs_scores(rng: np.random.Generator, cvs_class: Optional[int]) -> dict[str, int]:
+    """Three 0-2 criteria; with ``cvs_class``, uniform among the combinations whose sum lies in that class."""
+    if cvs_class is None:
+        return {k: int(rng.integers(0, 3)) for k in CVS_CRITERIA}
+    if cvs_class not in _CVS_TOTALS:
+        raise ValueError(f"cvs_class={cvs_class!r}; allowed: 0, 1, 2, 3")
+    combos = [(a, b, c) for a in range(3) for b in range(3) for c in range(3) if a + b + c in _CVS_TOTALS[cvs_class]]
+    pick = combos[int(rng.integers(len(combos)))]
+    return dict(zip(CVS_CRITERIA, pick))
+
+
+def _balanced(n: int, values: Sequence[int], rng: np.random.Generator) -> list[int]:
+    """``n`` items cycling through ``values`` (counts differ by at most one), in a seeded random order."""
+    out = [values[i % len(values)] for i in range(n)]
+    return [out[i] for i in rng.permutation(n)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1223,9 +1254,14 @@ def _plan(n_per_task: int, n_eval_per_task: int, n_images_per_task: int, n_eval_
         pools: dict[str, list[VideoSpec]] = {}
         for p_i, prof in enumerate(profiles):
             pools[prof.name] = []
+            # balanced classes per source: the step after the clip, and the CVS class its anatomy shows
+            brng = _rng(seed, "balance", split, prof.name)
+            nexts = _balanced(pool_size, list(range(2, len(prof.procedure))), brng)
+            cvs_classes = _balanced(pool_size, list(_CVS_TOTALS), brng)
             for v in range(pool_size):
                 vid = f"{_short(prof)}_{split}_{v:03d}"
-                spec = make_video_spec(vid, prof, split, seed, levels[(v + p_i) % 3], W, H)
+                spec = make_video_spec(vid, prof, split, seed, levels[(v + p_i) % 3], W, H, next_index=nexts[v],
+                                       cvs_class=cvs_classes[v])
                 pools[prof.name].append(spec)
                 plan.videos[vid] = spec
         rows: list[dict[str, Any]] = []
@@ -1315,6 +1351,11 @@ def write_mp4(path: Union[str, Path], frames: np.ndarray, fps: float) -> str:
     return codec
 
 
+def _flat(n: int, height: int, width: int) -> np.ndarray:
+    """``n`` frames of plain tissue colour (the blind control)."""
+    return np.broadcast_to(np.asarray(TISSUE, np.uint8), (n, height, width, 3)).copy()
+
+
 def _check_args(n_per_task: int, n_eval_per_task: Optional[int], size: Sequence[int]) -> tuple[int, int]:
     if not isinstance(n_per_task, int) or isinstance(n_per_task, bool) or n_per_task < 1:
         raise ValueError(f"n_per_task must be an integer >= 1, got {n_per_task!r}")
@@ -1330,15 +1371,17 @@ def generate(out_dir: Union[str, os.PathLike], n_per_task: int = 16, seed: int =
              sources: Sequence[Union[str, SourceProfile]] = DEFAULT_SOURCES, frames_variant: bool = True, *,
              n_eval_per_task: Optional[int] = None, n_images_per_task: Optional[int] = None,
              n_eval_images_per_task: Optional[int] = None, videos_per_source: Optional[int] = None,
-             size: tuple[int, int] = DEFAULT_SIZE) -> dict[str, Path]:
+             size: tuple[int, int] = DEFAULT_SIZE, blind: bool = False) -> dict[str, Path]:
     """Write a synthetic MedVidBench under ``out_dir`` (see the module docstring) and return the written files.
 
     ``n_per_task`` training rows per video qa_type (eleven of them), ``n_eval_per_task`` eval rows per qa_type
     (default ``max(2, n_per_task // 4)``), image rows per image qa_type likewise (defaults: the same numbers).
     Rows cycle through ``sources``; train and eval clips are disjoint; within a split a clip serves several
     qa_types but each (clip, qa_type) pair at most once, so ``(id, qa_type)`` is unique. ``frames_variant``: every
-    other pair of rows names a frame list instead of the MP4. Keys of the result: ``train``, ``eval``,
-    ``eval_json``, ``test``, ``images_train``, ``images_eval``, ``knowledge``, ``manifest``.
+    other pair of rows names a frame list instead of the MP4. ``blind``: the blind control, every frame and image
+    one flat tissue colour, rows and answers unchanged (a model trained on it can only learn from the text).
+    Keys of the result: ``train``, ``eval``, ``eval_json``, ``test``, ``images_train``, ``images_eval``,
+    ``knowledge``, ``manifest``.
     """
     n_per_task, n_eval = _check_args(n_per_task, n_eval_per_task, size)
     n_img = n_per_task if n_images_per_task is None else n_images_per_task
@@ -1369,14 +1412,15 @@ def generate(out_dir: Union[str, os.PathLike], n_per_task: int = 16, seed: int =
 
     codec = "none"
     for vid, spec in plan.videos.items():
-        frames = spec.render()
+        frames = _flat(spec.n_frames, spec.height, spec.width) if blind else spec.render()
         codec = write_mp4(out / "videos" / f"{vid}.mp4", frames, spec.native_fps)
         if vid in plan.frames_needed:
             (out / "frames" / vid).mkdir(parents=True, exist_ok=True)
             for k, t in enumerate(spec.sampled_times()):
                 Image.fromarray(frames[spec.native_index(t)]).save(out / _frame_path(vid, k), quality=95)
     for iid, ispec in plan.images.items():
-        Image.fromarray(ispec.render()).save(out / "images" / f"{iid}.png")
+        img = _flat(1, ispec.height, ispec.width)[0] if blind else ispec.render()
+        Image.fromarray(img).save(out / "images" / f"{iid}.png")
 
     files: dict[str, Path] = {}
     for split in ("train", "eval"):
@@ -1398,6 +1442,7 @@ def generate(out_dir: Union[str, os.PathLike], n_per_task: int = 16, seed: int =
     files["manifest"] = out / "manifest.json"
     manifest = _manifest(plan, seed, n_per_task, n_eval, n_img, n_img_eval, profiles, frames_variant, size, codec,
                          {k: v.name for k, v in files.items()})
+    manifest["blind"] = bool(blind)
     _write_text(files["manifest"], json.dumps(manifest, ensure_ascii=False, indent=1) + "\n")
     return files
 

@@ -357,3 +357,31 @@ def test_bad_arguments_are_refused(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         syn.generate(tmp_path, **kwargs)
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_classes_are_balanced_and_the_blind_control_keeps_the_rows(tmp_path):
+    """next_action and the CVS class are balanced per source; blind=True writes the same rows over flat frames."""
+    from rewards.metrics import cvs_class
+
+    full = syn.generate(tmp_path / "full", n_per_task=12, seed=3, n_images_per_task=4)
+    rows = [json.loads(x) for x in full["train"].read_text().splitlines()]
+    manifest = syn.load_manifest(tmp_path / "full")
+    for source in syn.SOURCE_PROFILES:
+        nap = Counter(r["conversations"][1]["value"] for r in rows
+                      if r["qa_type"] == "next_action" and r["data_source"] == source)
+        assert len(nap) == 3 and max(nap.values()) - min(nap.values()) <= 1, (source, nap)
+        cvs = Counter(cvs_class(sum(v["cvs"].values())) for v in manifest["videos"].values()
+                      if v["source"] == source and v["split"] == "train")
+        assert sorted(cvs) == [0, 1, 2, 3] and max(cvs.values()) - min(cvs.values()) <= 1, (source, cvs)
+    blind = syn.generate(tmp_path / "blind", n_per_task=12, seed=3, n_images_per_task=4, blind=True)
+    assert blind["train"].read_bytes() == full["train"].read_bytes()
+    assert syn.load_manifest(tmp_path / "blind")["blind"] is True and manifest["blind"] is False
+    import av
+    from PIL import Image
+
+    vid = next(iter(manifest["videos"]))
+    with av.open(str(tmp_path / "blind" / "videos" / f"{vid}.mp4")) as c:
+        frame = next(c.decode(video=0)).to_ndarray(format="rgb24").astype(int)
+    assert (abs(frame - np.asarray(syn.TISSUE)) <= 3).all()  # flat (up to the codec)
+    img = np.asarray(Image.open(next((tmp_path / "blind" / "images").glob("*.png"))), dtype=int)
+    assert (img == np.asarray(syn.TISSUE)).all()
