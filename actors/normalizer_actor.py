@@ -20,13 +20,11 @@ class NormalizerActor:
     """Holds a ``RewardNormalizer``. Pass the table as a mapping (``table``), or a path (``table_file``) that
     this actor's node can read; the other keyword arguments are ``RewardNormalizer``'s."""
 
-    def __init__(self, mode: str = "streaming", k: float = 3.0, eps: float = 1e-3, min_samples: int = 32,
-                 table: Optional[Mapping[str, Any]] = None, sketch_size: int = 2048,
-                 table_file: Optional[str] = None, snapshot_path: Optional[str] = None, **kwargs: Any) -> None:
+    def __init__(self, table: Optional[Mapping[str, Any]] = None, table_file: Optional[str] = None,
+                 snapshot_path: Optional[str] = None, **kwargs: Any) -> None:
         if table is None and table_file:
             table = load_table(table_file)
-        self.norm = RewardNormalizer(mode=mode, k=k, eps=eps, min_samples=min_samples, table=table,
-                                     sketch_size=sketch_size, **kwargs)
+        self.norm = RewardNormalizer(table=table, **kwargs)
         self.snapshot = ActorSnapshot(snapshot_path)
         state = self.snapshot.load(ray.get_runtime_context().was_current_actor_reconstructed)
         if state is not None:

@@ -1,77 +1,25 @@
-"""Reward workers: score a batch of rollouts into raw reward components (normalization happens after, once per step).
+"""Reward workers: Ray actor shells over ``rewards.scoring.RewardScorer``, and the pool that spreads a batch over them.
 
-Per sample: the rule-based task score (``rewards.task_scores.score``); for the caption tasks whose reward uses
-them (VS, RC: ``rewards.assembly.is_caption``) also the semantic similarity to the reference
-(rewards/similarity.py) and the LLM judge's rubric reward part (actors/judge.py); for VQA, optionally the judge's
-semantic-alignment verdict; and the configured shaping terms (length, recitation, alignment). Judge calls are
-submitted first (Ray ObjectRefs) so the judge works while this worker does the rule-based scoring and the
-embeddings; the worker gathers them last, with a timeout.
-
-``RewardScorer`` is the Ray-free core (any judge client with submit/gather); ``RewardWorker`` is its Ray actor
-shell, and ``RewardWorkerPool`` spreads a batch over several workers and reassembles it in order.
-Every sample comes back (a ``ScoredSample``); a part that could not be scored is ``None`` with a reason code,
-counted, never a silent 0.
+``RewardWorker`` holds one scorer whose judge client is a ``JudgeActor`` handle (``RayJudgeClient``: judge calls as
+ObjectRefs, gathered with a timeout); ``RewardWorkerPool`` deals a batch out by prompt and reassembles it in order.
+Every sample comes back (a ``ScoredSample``), or None when its shard was lost to worker faults (counted).
 """
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import ray
 
-from actors.judge import JudgeCore, JudgeOutcome, as_judge_config, create_judge_actor
-from cluster.config import RewardConfig
-from data.schema import Instance, task_family
-from rewards.assembly import JUDGE, SIMILARITY, TASK, SampleReward, is_caption
-from rewards.parsing import answer_text
-from rewards.shaping import length_reward, reasoning_text, recitation_reward
+from actors.judge import create_judge_actor
+from data.schema import Instance
+from rewards.config import RewardConfig
+from rewards.judge import JudgeOutcome, as_judge_config
+from rewards.scoring import RewardItem, RewardScorer, ScoredSample, as_item
 
 log = logging.getLogger(__name__)
-
-#: Families whose task score is an accuracy (a score of 1 means correct) when task_scores gives no ``correct``.
-_ACCURACY_FAMILIES = ("nap", "sa", "cvs", "vqa", "cls")
-ALIGNMENT = "alignment"
-
-
-@dataclass
-class RewardItem:
-    """One rollout to score: its instance, the generated text, and the number of response tokens (length reward)."""
-
-    instance: Instance
-    text: str
-    n_tokens: Optional[int] = None
-
-
-@dataclass
-class ScoredSample(SampleReward):
-    """``SampleReward`` (what ``rewards.assembly`` combines) plus what the driver logs and counts.
-
-    ``components``: raw parts, ``task`` always, ``judge`` (reward part (score-1)/4, or None) and ``similarity``
-    for caption tasks, ``alignment`` (1/0 or None) for VQA when enabled. ``reasons``: every reason code of the
-    sample (``task_<code>``, ``judge_<code>``, ``alignment_<code>``, ...). ``judge_missing``: the judge part was
-    wanted and is absent. ``details``: the task scorer's own components (IoU, F1, ...).
-    """
-
-    format_ok: bool = False
-    judge_missing: bool = False
-    judge_score: Optional[float] = None  # mean rubric score, 1-5 (the VS/RC metric)
-    reasons: list[str] = field(default_factory=list)
-    details: dict[str, float] = field(default_factory=dict)
-
-
-class JudgeClient(Protocol):
-    """Asynchronous access to a judge: submit now, gather later."""
-
-    def submit_score(self, pairs: list[tuple[str, str]], hints: list[Optional[str]]) -> Any: ...
-
-    def submit_align(self, items: list[tuple[str, str, Optional[str]]]) -> Any: ...
-
-    def gather(self, handle: Any, timeout_s: float) -> list[JudgeOutcome]: ...
 
 
 class RayJudgeClient:
@@ -95,260 +43,6 @@ class RayJudgeClient:
             except Exception:  # noqa: BLE001 - best effort; the result is ignored anyway
                 pass
             raise TimeoutError(f"judge gave no answer within {timeout_s:.0f}s") from None
-
-
-class LocalJudgeClient:
-    """A ``JudgeCore`` in this process, run on a background thread so submission does not block."""
-
-    def __init__(self, core: JudgeCore) -> None:
-        self.core = core
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="judge-local")
-
-    def submit_score(self, pairs: list[tuple[str, str]], hints: list[Optional[str]]) -> Future:
-        return self._pool.submit(self.core.score, pairs, hints)
-
-    def submit_align(self, items: list[tuple[str, str, Optional[str]]]) -> Future:
-        return self._pool.submit(self.core.align, items)
-
-    def gather(self, handle: Future, timeout_s: float) -> list[JudgeOutcome]:
-        return handle.result(timeout=timeout_s)
-
-
-def _default_score_fn() -> Callable[..., Any]:
-    try:
-        from rewards.task_scores import score
-    except ImportError as e:
-        raise ImportError("rewards.task_scores.score is needed for rule-based task scores") from e
-    return score
-
-
-def _float_or_none(v: Any) -> Optional[float]:
-    if isinstance(v, bool):
-        return float(v)
-    if isinstance(v, (int, float)) and math.isfinite(v):
-        return float(v)
-    return None
-
-
-def _as_item(x: Any, i: int) -> RewardItem:
-    if isinstance(x, RewardItem):
-        item = x
-    elif isinstance(x, (tuple, list)) and len(x) in (2, 3):
-        item = RewardItem(*x)
-    else:
-        raise TypeError(f"item {i}: expected RewardItem or (instance, text[, n_tokens]), got {type(x).__name__}")
-    if not isinstance(item.instance, Instance):
-        raise TypeError(f"item {i}: instance must be data.schema.Instance, got {type(item.instance).__name__}")
-    if not isinstance(item.text, str):
-        raise TypeError(f"item {i}: text must be str, got {type(item.text).__name__}")
-    if item.n_tokens is not None and (isinstance(item.n_tokens, bool) or not isinstance(item.n_tokens, int)
-                                      or item.n_tokens < 0):
-        raise TypeError(f"item {i}: n_tokens must be an int >= 0 or None, got {item.n_tokens!r}")
-    return item
-
-
-class RewardScorer:
-    """Scores batches of rollouts. Ray-free: ``judge`` is any ``JudgeClient`` (None: no judge configured).
-
-    ``score_fn``: the rule-based scorer (default ``rewards.task_scores.score``). ``similarity``: an object with
-    ``similarity(refs, cands) -> array`` (default: all-MiniLM-L6-v2, loaded on the first caption).
-    ``knowledge``: VRFT-Aug prior knowledge by data_source (for the recitation term; an instance's
-    ``extra["knowledge"]`` takes precedence). ``judge_wait_s``: how long to wait for the judge's answers
-    (default: derived from the judge's timeout, retries and batch size).
-    """
-
-    def __init__(self, cfg: RewardConfig, judge: Optional[JudgeClient] = None, *,
-                 score_fn: Optional[Callable[..., Any]] = None, similarity: Any = None,
-                 knowledge: Optional[Mapping[str, str]] = None, judge_wait_s: Optional[float] = None) -> None:
-        self.cfg = cfg
-        self.judge = judge
-        self._score_fn = score_fn
-        self._similarity = similarity
-        self.knowledge = dict(knowledge or {})
-        self.judge_wait_s = judge_wait_s
-        self.counts: Counter = Counter()
-
-    # -- lazy dependencies ---------------------------------------------------------------------------------
-    @property
-    def score_fn(self) -> Callable[..., Any]:
-        if self._score_fn is None:
-            self._score_fn = _default_score_fn()
-        return self._score_fn
-
-    @property
-    def similarity_model(self) -> Any:
-        if self._similarity is None:
-            from rewards.similarity import SentenceSimilarity
-
-            self._similarity = SentenceSimilarity(self.cfg.similarity_model, mapping=self.cfg.similarity_mapping)
-        return self._similarity
-
-    def _wait_s(self, n_requests: int) -> float:
-        if self.judge_wait_s is not None:
-            return self.judge_wait_s
-        j = self.cfg.judge
-        per_call = j.timeout_s * (j.max_retries + 1) + j.backoff_s * (2 ** (j.max_retries + 1))
-        return per_call * max(1, math.ceil(n_requests / j.batch_size)) + 30.0
-
-    # -- scoring -------------------------------------------------------------------------------------------
-    def score_batch(self, items: Sequence[Union[RewardItem, tuple]],
-                    iou_threshold: Optional[float] = None) -> list[ScoredSample]:
-        """One ``ScoredSample`` per item, in order. ``iou_threshold``: the curriculum's τ, used when
-        ``reward.iou_threshold_reward`` is on. Bad item types raise ``TypeError`` (a caller bug)."""
-        batch = [_as_item(x, i) for i, x in enumerate(items)]
-        families: list[Optional[str]] = []
-        for it in batch:
-            try:
-                families.append(task_family(it.instance.qa_type))
-            except KeyError:
-                families.append(None)
-        t0 = time.monotonic()
-
-        # 1. judge requests go out first (for the caption families whose reward uses the judge: VS, RC). The judge
-        # and the similarity model compare the answer part with the reference, as the leaderboard does; the
-        # reasoning is for the alignment check.
-        judge_idx = [i for i, f in enumerate(families) if f is not None and is_caption(f)]
-        captions = {i: answer_text(batch[i].text) for i in judge_idx}
-        judge_handle, judge_err = None, None
-        asked = [i for i in judge_idx if (batch[i].instance.answer or "").strip()]
-        if self.judge is not None and asked:
-            try:
-                judge_handle = self.judge.submit_score(
-                    [(batch[i].instance.answer, captions[i]) for i in asked], [families[i] for i in asked])
-            except Exception as e:  # noqa: BLE001 - a dead judge must not take the worker down
-                judge_err = f"judge_unavailable: {type(e).__name__}: {e}"
-        align_idx = [i for i, f in enumerate(families) if f == "vqa"] \
-            if self.cfg.semantic_alignment_weight > 0 else []
-        align_handle, align_err = None, None
-        if self.judge is not None and align_idx:
-            try:
-                align_handle = self.judge.submit_align(
-                    [(batch[i].instance.question, batch[i].text, batch[i].instance.answer) for i in align_idx])
-            except Exception as e:  # noqa: BLE001
-                align_err = f"judge_unavailable: {type(e).__name__}: {e}"
-
-        # 2. rule-based scores and similarity while the judge works
-        thr = iou_threshold if self.cfg.iou_threshold_reward else None
-        out = [self._task_part(it, fam, thr) for it, fam in zip(batch, families)]
-        sim_idx = [i for i in judge_idx if (batch[i].instance.answer or "").strip()]
-        for i in judge_idx:
-            if i not in sim_idx:
-                out[i].components[SIMILARITY] = None
-                out[i].reasons.append("similarity_no_reference")
-        if sim_idx:
-            sims = self.similarity_model.similarity([batch[i].instance.answer for i in sim_idx],
-                                                    [captions[i] for i in sim_idx])
-            for i, s in zip(sim_idx, sims):
-                out[i].components[SIMILARITY] = float(s)
-
-        # 3. gather the judge
-        t_judge = time.monotonic()
-        judged = dict(zip(asked, self._gather(judge_handle, judge_err, len(asked))))
-        self.counts["judge_wait_s"] += time.monotonic() - t_judge  # what the judge added to scoring's wall time
-        for i in judge_idx:
-            s = out[i]
-            if self.judge is None:
-                oc = JudgeOutcome(reason="disabled")
-            elif not (batch[i].instance.answer or "").strip():
-                oc = JudgeOutcome(reason="no_reference")
-            else:
-                oc = judged[i]
-            s.components[JUDGE] = oc.reward if oc.ok else None
-            s.judge_score = oc.score if oc.ok else None
-            s.judge_missing = not oc.ok
-            if not oc.ok:
-                s.reasons.append(f"judge_{oc.reason}")
-        if align_idx:
-            aligned = self._gather(align_handle, align_err, len(align_idx))
-            for i, oc in zip(align_idx, aligned):
-                s = out[i]
-                s.components[ALIGNMENT] = oc.reward if oc.ok else None
-                if oc.ok:
-                    s.shaping[ALIGNMENT] = self.cfg.semantic_alignment_weight * float(oc.reward)
-                else:
-                    s.reasons.append(f"alignment_{oc.reason}")
-
-        for it, s in zip(batch, out):
-            self._shape(it, s)
-            self.counts["samples"] += 1
-            self.counts.update(s.reasons)
-            self.counts["judge_missing"] += int(s.judge_missing)
-        self.counts["batches"] += 1
-        self.counts["seconds"] += time.monotonic() - t0
-        return out
-
-    def _task_part(self, it: RewardItem, family: Optional[str], thr: Optional[float]) -> ScoredSample:
-        inst = it.instance
-        s = ScoredSample(data_source=inst.data_source, qa_type=inst.qa_type, family=family or "unknown",
-                         components={TASK: None})
-        if family is None:
-            s.reason = "unknown_qa_type"
-            s.reasons.append("task_unknown_qa_type")
-            return s
-        try:
-            res = self.score_fn(inst, it.text, iou_threshold=thr, format_gate=self.cfg.format_gate,
-                                require_think=self.cfg.require_think)
-        except Exception as e:  # noqa: BLE001 - counted and logged; one bad sample must not kill the step
-            log.warning("task scoring failed for %s (%s): %s: %s", inst.id, inst.qa_type, type(e).__name__, e,
-                        exc_info=True)
-            s.reason = "task_score_error"
-            s.reasons.append("task_score_error")
-            return s
-        s.components[TASK] = _float_or_none(getattr(res, "score", None))
-        s.format_ok = bool(getattr(res, "format_ok", False))
-        reason = getattr(res, "reason", None)
-        if reason:
-            s.reason = str(reason)
-            s.reasons.append(f"task_{reason}")
-        fmt_reason = getattr(res, "format_reason", None)
-        if fmt_reason:
-            s.reasons.append(f"format_{fmt_reason}")
-        comps = getattr(res, "components", None) or {}
-        s.details = {str(k): f for k, v in comps.items() if (f := _float_or_none(v)) is not None}
-        iou = getattr(res, "iou", None)
-        if iou is None:
-            iou = next((comps[k] for k in ("iou", "miou", "mean_iou") if k in comps), None)
-        s.iou = _float_or_none(iou)
-        correct = getattr(res, "correct", None)
-        if correct is None and family in _ACCURACY_FAMILIES and s.components[TASK] is not None:
-            correct = s.components[TASK] >= 1.0 - 1e-9
-        s.correct = None if correct is None else bool(correct)
-        if s.components[TASK] is None and not reason:
-            s.reasons.append("task_no_score")
-        return s
-
-    def _gather(self, handle: Any, err: Optional[str], n: int) -> list[JudgeOutcome]:
-        if n == 0:
-            return []
-        if handle is None:
-            return [JudgeOutcome(reason="unavailable", detail=err or "")] * n
-        try:
-            res = self.judge.gather(handle, self._wait_s(n))  # type: ignore[union-attr]
-        except TimeoutError as e:
-            log.warning("reward worker: %s", e)
-            return [JudgeOutcome(reason="timeout", detail=str(e))] * n
-        except Exception as e:  # noqa: BLE001 - actor died, network: the judge part is missing, counted
-            log.warning("reward worker: judge failed: %s: %s", type(e).__name__, e)
-            return [JudgeOutcome(reason="unavailable", detail=f"{type(e).__name__}: {e}"[:200])] * n
-        if not isinstance(res, list) or len(res) != n:
-            return [JudgeOutcome(reason="unavailable", detail="judge returned a wrong number of outcomes")] * n
-        return res
-
-    def _shape(self, it: RewardItem, s: ScoredSample) -> None:
-        cfg = self.cfg
-        if cfg.length_mode != "none" and cfg.length_weight > 0:
-            if it.n_tokens is None:
-                s.reasons.append("length_no_token_count")
-            else:
-                s.shaping["length"] = cfg.length_weight * length_reward(
-                    it.n_tokens, cfg.length_target, correct=bool(s.correct), mode=cfg.length_mode)
-        if cfg.recitation_coef != 0:
-            knowledge = it.instance.extra.get("knowledge") or self.knowledge.get(it.instance.data_source)
-            if knowledge:
-                s.shaping["recitation"] = recitation_reward(reasoning_text(it.text), knowledge, cfg.recitation_coef)
-
-    def metrics(self) -> dict[str, float]:
-        return {f"reward_worker/{k}": float(v) for k, v in sorted(self.counts.items())}
 
 
 @ray.remote(num_cpus=0)
@@ -422,7 +116,7 @@ class RewardWorkerPool:
         """Score ``items`` (``RewardItem`` or ``(instance, text[, n_tokens])``) across the workers, in order.
         ``iou_threshold``: the curriculum's τ; ``timeout``: seconds for the whole batch (default get_timeout_s).
         An item is None only when its shard was lost to worker faults twice (see the class docstring)."""
-        items = [_as_item(x, i) for i, x in enumerate(items)]  # fail here, not in a worker, on a caller bug
+        items = [as_item(x, i) for i, x in enumerate(items)]  # fail here, not in a worker, on a caller bug
         if not items:
             return []
         timeout = self.get_timeout_s if timeout is None else timeout

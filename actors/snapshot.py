@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-from cluster.checkpoints import read_json, write_json
+from common.files import read_json, write_json
 
 log = logging.getLogger(__name__)
 

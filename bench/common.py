@@ -350,7 +350,7 @@ def synth_tiny_model(root: Path, seed: int, n_per_task: int = 2) -> tuple[list[A
     on the train split's non-empty questions and answers); returns the train instances and the model path."""
     from data.reader import read_instances
     from data.synthetic import generate
-    from learner.tiny_model import build_tiny_model
+    from data.tiny_model import build_tiny_model
 
     files = generate(root / "synth", n_per_task=n_per_task, seed=seed)
     instances = read_instances(files["train"]).instances

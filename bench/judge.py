@@ -1,4 +1,4 @@
-"""LLM-judge throughput: batched vs one-by-one calls through ``actors.judge.JudgeCore``, and the cache-hit path.
+"""LLM-judge throughput: batched vs one-by-one calls through ``rewards.judge.JudgeCore``, and the cache-hit path.
 
 A hosted judge costs a fixed latency per call (network, queueing, prefill) plus a smaller cost per item. Three
 measurements, each timed side by side in interleaved rounds (``bench.common.compare``):
@@ -32,7 +32,7 @@ import statistics
 import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-from actors.judge_backends import JudgeBackend
+from rewards.judge_backends import JudgeBackend
 from bench.common import (FIXTURE_EXAMPLES, SHARED_EXAMPLES, Report, compare, examples_path, fmt_num,
                           load_judge_stub, parser, ratio)
 
@@ -98,8 +98,8 @@ def caption_pairs(n: int, tag: str = "") -> list[tuple[str, str]]:
 
 
 def _core(batch: int, backend: Any, cache_size: int = 0) -> Any:
-    from actors.judge import JudgeCore
-    from cluster.config import JudgeConfig
+    from rewards.judge import JudgeCore
+    from rewards.config import JudgeConfig
 
     return JudgeCore(JudgeConfig(batch_size=batch, max_concurrency=batch, cache_size=cache_size, max_retries=0),
                      backend=backend)
@@ -226,7 +226,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
     import logging
 
-    logging.getLogger("actors.judge_backends").setLevel(logging.ERROR)  # no API key: the stub needs none
+    logging.getLogger("rewards.judge_backends").setLevel(logging.ERROR)  # no API key: the stub needs none
 
     # 1. fixed-latency backend
     t, _ = batch_sweep(n_items, BATCH_SIZES, lambda b: FakeBackend(latency, per_item), rounds)
@@ -236,8 +236,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     by_b = {r["batch"]: r for r in rows}
 
     # 2. real HTTP, one request per item, b in flight
-    from actors.judge_backends import OpenAIBackend
-    from cluster.config import JudgeConfig
+    from rewards.judge_backends import OpenAIBackend
+    from rewards.config import JudgeConfig
 
     with stub_server(http_delay, backlog=4 * max(BATCH_SIZES)) as url:
         def http_backend(b: int) -> Any:

@@ -19,7 +19,7 @@
    interleaved rounds. The three must generate the very same tokens (``same tokens``), so the time ratio is the
    cost of what the rollout adds to transformers' generate.
 
-The tiny model (``learner.tiny_model.build_tiny_model``, hidden 64, 2 layers, ~0.4 M params) and the synthetic data
+The tiny model (``data.tiny_model.build_tiny_model``, hidden 64, 2 layers, ~0.4 M params) and the synthetic data
 are built in a temporary folder; the tokenizer is trained on the synthetic questions and answers.
 
 Run: ``python -m bench.learner [--quick] [--json PATH]``.

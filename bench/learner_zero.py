@@ -19,7 +19,7 @@ Candidates (timed interleaved by ``bench.common.compare``; one call = one GRPO u
                                              step and samples/s = global batch / step time.
 
 The batch: prompts x G = 8 samples from ``actors.rollout.RolloutWorker.generate`` on the tiny Qwen2.5-VL
-(``learner.tiny_model.build_tiny_model``) with random advantages, as ``bench.learner`` builds it; ``cpu_demo``
+(``data.tiny_model.build_tiny_model``) with random advantages, as ``bench.learner`` builds it; ``cpu_demo``
 preset (micro-batch 16, fp32), lr 1e-5 so hundreds of timed steps stay finite.
 
 Checks. Before timing, every candidate's first step (from the same checkpoint weights) must give the plain loop's

@@ -1,6 +1,6 @@
 """Peer comparison: medgrpo's training loop against TRL's ``GRPOTrainer`` on the same tiny model, data and budget.
 
-Both systems train the tiny Qwen2.5-VL (``learner.tiny_model``, tokenizer trained on the synthetic corpus) with GRPO
+Both systems train the tiny Qwen2.5-VL (``data.tiny_model``, tokenizer trained on the synthetic corpus) with GRPO
 on the synthetic MedVidBench **image** rows (``vqa_mc``, ``box_grounding``, ``image_cls``: TRL's GRPOTrainer takes
 images for vision-language models but not video), with the same group size G, prompts per step, max new tokens,
 number of steps, learning rate, clipping (0.2 / 0.3, token-mean loss), gradient clipping, sampling (temperature 1,
@@ -372,7 +372,7 @@ def build_assets(root: Path, seed: int) -> dict[str, str]:
     ``medgrpo tiny-model`` build them."""
     from data.reader import read_instances
     from data.synthetic import generate
-    from learner.tiny_model import build_tiny_model
+    from data.tiny_model import build_tiny_model
 
     # the image rows are what both systems train on; one clip per video qa_type keeps generation short, and their
     # questions and answers still reach the tokenizer's corpus

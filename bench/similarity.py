@@ -1,6 +1,6 @@
 """Benchmark of the caption reward's semantic-similarity part: all-MiniLM-L6-v2 embeddings as the reward path uses them.
 
-A reward worker (``actors/reward_worker.py``, ``RewardScorer.score_batch``) scores a step's caption samples (VS,
+A reward worker (``rewards/scoring.py``, ``RewardScorer.score_batch``) scores a step's caption samples (VS,
 RC) with ONE call ``SentenceSimilarity.similarity(references, generated texts)`` (``rewards/similarity.py``); that
 call embeds the distinct texts it has not seen before in one ``SentenceTransformer.encode`` and keeps every
 embedding in a per-worker LRU cache. This benchmark times that call on realistic steps.
@@ -253,8 +253,8 @@ def path_check(sim: Any, insts: Sequence[Any], refs: list[str], preds: list[str]
                ) -> tuple[Optional[np.ndarray], str]:
     """Score the step through the real ``RewardScorer.score_batch`` (no judge) and check that it made exactly the
     call ``step`` times. Returns (its similarity components, verdict)."""
-    from actors.reward_worker import RewardItem, RewardScorer  # imports ray; only the scorer's Ray-free core runs
-    from cluster.config import RewardConfig
+    from rewards.scoring import RewardItem, RewardScorer
+    from rewards.config import RewardConfig
 
     spy = _PathSpy(sim)
     scorer = RewardScorer(RewardConfig(), None, similarity=spy)
@@ -383,8 +383,8 @@ def tagged_similarity(sim: Any, inst: Any) -> tuple[float, float]:
     """Similarity of ``inst``'s reference to itself inside ``<think>…</think><answer>…</answer>``: of the whole
     text (what the reward worker embedded before it took the answer part) and through the real
     ``RewardScorer.score_batch`` (the answer part, ``rewards.parsing.answer_text``, as the leaderboard)."""
-    from actors.reward_worker import RewardItem, RewardScorer
-    from cluster.config import RewardConfig
+    from rewards.scoring import RewardItem, RewardScorer
+    from rewards.config import RewardConfig
 
     tagged = f"<think>{TAGGED_THINK}</think><answer>{inst.answer}</answer>"
     raw = float(sim.similarity([inst.answer], [tagged])[0])
@@ -408,7 +408,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     else:
         sizes, rounds, warmup, n_per_task, sweep = (16, 64, 256), 5, 1, 8, (1, 4, 8, 16, 32, 64)
 
-    from cluster.config import RewardConfig
+    from rewards.config import RewardConfig
     from rewards.similarity import SentenceSimilarity
 
     insts, meta = caption_instances(n_per_task, args.seed)

@@ -121,7 +121,7 @@ def build_assets(root: Path, seed: int) -> dict[str, str]:
     """Synthetic MedVidBench + the tiny Qwen2.5-VL (tokenizer trained on its questions and answers), as the demo."""
     from data.reader import read_instances
     from data.synthetic import generate
-    from learner.tiny_model import build_tiny_model
+    from data.tiny_model import build_tiny_model
 
     files = generate(root / "synth", n_per_task=4, seed=seed)
     corpus: list[str] = []
@@ -152,7 +152,7 @@ def overrides(spec: RunSpec, assets: Mapping[str, str], steps: int, run_dir: Pat
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """The driver logs at INFO, and the judge warns once about the missing API key: keep the tables readable."""
-    loggers = [logging.getLogger(n) for n in ("medgrpo", "actors.judge_backends", "mlflow")]
+    loggers = [logging.getLogger(n) for n in ("medgrpo", "rewards.judge_backends", "mlflow")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.WARNING)

@@ -9,12 +9,13 @@ DeepSpeed state files are torch archives, loaded only with ``weights_only=True``
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
+
+from common.files import read_json, write_json
 
 log = logging.getLogger(__name__)
 MANIFEST = "MANIFEST.json"
@@ -49,7 +50,7 @@ class CheckpointManager:
             if p.is_file():
                 files[str(p.relative_to(tmp))] = {"size": p.stat().st_size, "sha256": _sha256(p)}
         manifest = tmp / MANIFEST
-        manifest.write_text(json.dumps({"step": step, "files": files}, indent=1))
+        write_json(manifest, {"step": step, "files": files})
         with manifest.open("rb") as f:
             os.fsync(f.fileno())
         final = self.root / f"{PREFIX}{step:08d}"
@@ -76,7 +77,7 @@ class CheckpointManager:
         if not manifest.exists():
             return "no manifest"
         try:
-            files = json.loads(manifest.read_text())["files"]
+            files = read_json(manifest)["files"]
         except (ValueError, KeyError) as e:
             return f"bad manifest: {e}"
         for rel, meta in files.items():
@@ -96,31 +97,3 @@ class CheckpointManager:
                 return path
             log.warning("skipping checkpoint %s: %s", path, problem)
         return None
-
-
-def write_json(path: Path, obj: Any, indent: Optional[int] = 1) -> None:
-    """``obj`` as JSON at ``path``, atomically (a temporary file beside it, then a rename): a reader or a crash
-    mid-write sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=indent, default=json_default))
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
-def json_default(o: Any) -> Any:
-    """``json.dumps(default=...)`` for the NumPy arrays/scalars and tuples that states and metrics hold."""
-    import numpy as np
-
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")

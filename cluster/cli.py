@@ -34,7 +34,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
-    from learner.tiny_model import build_tiny_model
+    from data.tiny_model import build_tiny_model
 
     corpus = None
     if args.data:

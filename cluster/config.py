@@ -1,7 +1,10 @@
 """Typed configuration: OmegaConf structured dataclasses, YAML presets in configs/, CLI dotlist overrides.
 
-Every field that takes one of a fixed set of values declares it with ``choice(...)``, every bounded number with
-``bounded(...)``; ``load_config`` checks them all at start-up and names the key and what is allowed.
+Each component's config lives beside its consumer (data/config.py, learner/config.py, actors/config.py,
+rewards/config.py); this module adds the job's own parts (stages, cluster, tracking) and composes them all into
+``TrainConfig``. Every field that takes one of a fixed set of values declares it with ``choice(...)``, every
+bounded number with ``bounded(...)`` (common/config_fields.py); ``load_config`` checks them all at start-up and
+names the key and what is allowed.
 Unknown keys and wrong types are refused by OmegaConf itself; we re-raise with the same key-first message.
 """
 from __future__ import annotations
@@ -15,144 +18,18 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from actors.config import RolloutConfig
+from common.config_fields import bounded, choice, list_of
+from data.config import DataConfig
+from learner.config import LearnerConfig, ModelConfig
+from rewards.config import CurriculumConfig, NormalizerConfig, RewardConfig
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PRESET_DIR = REPO_ROOT / "configs"
 
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the key and what is allowed."""
-
-
-def choice(default: Any, *allowed: Any) -> Any:
-    return field(default=default, metadata={"choices": tuple(allowed)})
-
-
-def bounded(default: Any, lo: Optional[float] = None, hi: Optional[float] = None) -> Any:
-    return field(default=default, metadata={"min": lo, "max": hi})
-
-
-def _list(*items: Any) -> Any:
-    return field(default_factory=lambda: list(items))
-
-
-def _dict(**items: Any) -> Any:
-    return field(default_factory=lambda: dict(items))
-
-
-@dataclass
-class DataConfig:
-    train_files: list[str] = _list("runs/synth/train.jsonl")
-    eval_files: list[str] = _list("runs/synth/eval.jsonl")
-    # Every video/frame path an instance names must lie under one of these roots (empty: the file's own folder).
-    data_roots: list[str] = _list()
-    task_weights: dict[str, float] = _dict()  # qa_type -> sampling weight (missing: 1.0)
-    source_weights: dict[str, float] = _dict()  # data_source -> sampling weight (missing: 1.0)
-    tasks: list[str] = _list()  # restrict to these qa_types (empty: all)
-    prompts_per_step: int = bounded(8, 1)
-    max_frames: int = bounded(16, 1, 768)
-    max_pixels: int = bounded(48 * 28 * 28, 28 * 28)
-    min_pixels: int = bounded(4 * 28 * 28, 28 * 28)
-    video_backend: str = choice("auto", "auto", "decord", "pyav")
-    knowledge_file: Optional[str] = None  # VRFT-Aug prior knowledge: JSON {data_source or label: text}
-    eval_max_samples: int = bounded(64, 0)
-
-
-@dataclass
-class ModelConfig:
-    path: str = "runs/tiny-qwen2.5-vl"
-    dtype: str = choice("float32", "float32", "bfloat16", "float16")
-    freeze_vision_tower: bool = True
-    gradient_checkpointing: bool = False
-    lora_rank: int = bounded(0, 0)
-    lora_alpha: int = bounded(16, 1)
-    attn_implementation: str = choice("sdpa", "sdpa", "eager", "flash_attention_2")
-
-
-@dataclass
-class RolloutConfig:
-    backend: str = choice("hf", "hf", "vllm")
-    num_actors: int = bounded(1, 1)
-    group_size: int = bounded(8, 2)
-    max_new_tokens: int = bounded(64, 1)
-    temperature: float = bounded(1.0, 0.0)
-    top_p: float = bounded(1.0, 0.0, 1.0)
-    # Asynchronous rollout: generate step t+1 while the learner trains step t; 0 = synchronous.
-    max_staleness: int = bounded(0, 0, 4)
-    dynamic_sampling: bool = True
-    max_refill_rounds: int = bounded(2, 0)
-    gpu_memory_utilization: float = bounded(0.5, 0.05, 0.95)
-    tensor_parallel_size: int = bounded(1, 1)
-    enable_sleep_mode: bool = False
-    # hf backend: one generate over all of a call's prompts x G (1.7-2x the per-prompt loop on CPU); 0 = no cap on
-    # the prompts per batch (set one to bound GPU memory)
-    batch_prompts: bool = True
-    max_batch_prompts: int = bounded(0, 0)
-    num_cpus: float = bounded(1.0, 0.0)
-    num_gpus: float = bounded(0.0, 0.0)
-
-
-@dataclass
-class JudgeConfig:
-    backend: str = choice("none", "none", "openai", "hf", "vllm")
-    model: str = ""
-    base_url: str = "http://127.0.0.1:8000/v1"
-    api_key_env: str = "OPENAI_API_KEY"  # the key itself is only ever read from this environment variable
-    timeout_s: float = bounded(30.0, 0.1)
-    max_retries: int = bounded(2, 0)
-    backoff_s: float = bounded(0.5, 0.0)
-    batch_size: int = bounded(8, 1)
-    max_concurrency: int = bounded(8, 1)
-    cache_size: int = bounded(10000, 0)
-    breaker_failures: int = bounded(5, 1)  # consecutive failures that open the circuit
-    breaker_cooldown_s: float = bounded(30.0, 0.0)
-    max_new_tokens: int = bounded(256, 1)
-    num_gpus: float = bounded(0.0, 0.0)
-    gpu_memory_utilization: float = bounded(0.3, 0.05, 0.95)  # vllm backend, when it shares a GPU
-
-
-@dataclass
-class RewardConfig:
-    num_workers: int = bounded(1, 1)
-    num_cpus: float = bounded(1.0, 0.0)  # per reward worker
-    similarity_mapping: str = choice("clip", "clip", "affine")  # cosine -> [0,1]: max(cos,0) or (cos+1)/2
-    require_think: bool = False  # medical VQA: the <think>…</think><answer>…</answer> layout is part of the gate
-    format_gate: bool = True  # reward = format ok × task score (MedGRPO)
-    caption_judge_weight: float = bounded(0.5, 0.0, 1.0)  # rest goes to semantic similarity
-    caption_fallback: str = choice("similarity_only", "similarity_only", "drop")
-    similarity_model: str = "all-MiniLM-L6-v2"
-    length_mode: str = choice("none", "none", "ecr", "cwr")
-    length_target: int = bounded(256, 1)
-    length_weight: float = bounded(0.0, 0.0)
-    graded_ordinal: bool = False  # VRFT-Aug multi-grade fuzzy reward
-    recitation_coef: float = 0.0  # VRFT-Aug: negative penalises BLEU to the injected knowledge
-    semantic_alignment_weight: float = bounded(0.0, 0.0)  # medical VQA: judge verdict on the reasoning
-    iou_threshold_reward: bool = False  # MedLoc-R1: r = 1[IoU >= tau] for grounding
-    task_weights: dict[str, float] = _dict()  # qa_type -> multiplier on the final reward
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
-
-
-@dataclass
-class NormalizerConfig:
-    mode: str = choice("streaming", "off", "static", "streaming", "warm")
-    k: float = bounded(3.0, 1e-6)
-    eps: float = bounded(1e-3, 1e-12)
-    min_samples: int = bounded(32, 1)
-    table_file: Optional[str] = None
-    sketch_size: int = bounded(2048, 64)
-    warm_samples: int = bounded(1000, 1)  # warm: weight of the stream = n / (n + warm_samples)
-    update_first: bool = True  # a step's own scores enter the quantiles before they are normalized
-
-
-@dataclass
-class CurriculumConfig:
-    enabled: bool = False
-    tau0: float = bounded(0.3, 0.0, 1.0)
-    tau_max: float = bounded(0.8, 0.0, 1.0)
-    window: int = bounded(30, 2)
-    margin: float = bounded(0.10, 0.0, 1.0)
-    schedule: str = choice("step", "step", "linear", "cosine")
-    delta_max: float = bounded(0.15, 0.0, 1.0)  # linear/cosine: the step at tau0 ...
-    delta_min: float = bounded(0.05, 0.0, 1.0)  # ... decaying to this at tau_max
 
 
 @dataclass
@@ -162,31 +39,9 @@ class StageConfig:
     name: str = "grpo"
     kind: str = choice("grpo", "sft", "grpo")
     steps: int = bounded(10, 0)
-    tasks: list[str] = _list()  # empty: data.tasks
+    tasks: list[str] = list_of()  # empty: data.tasks
     lr: Optional[float] = None  # empty: learner.lr
     prompts_per_step: Optional[int] = None  # empty: data.prompts_per_step
-
-
-@dataclass
-class LearnerConfig:
-    num_ranks: int = bounded(1, 1)
-    zero_stage: int = choice(0, 0, 1, 2, 3)
-    lr: float = bounded(1e-5, 0.0)
-    weight_decay: float = bounded(0.0, 0.0)
-    warmup_steps: int = bounded(0, 0)
-    micro_batch_size: int = bounded(8, 1)
-    ppo_epochs: int = bounded(1, 1)
-    advantage: str = choice("grpo", "grpo", "drgrpo", "rloo")
-    loss_agg: str = choice("token-mean", "token-mean", "seq-mean-token-mean", "seq-sum-max-len")
-    clip_low: float = bounded(0.2, 0.0, 1.0)
-    clip_high: float = bounded(0.3, 0.0, 10.0)
-    kl_coef: float = bounded(0.0, 0.0)
-    max_grad_norm: float = bounded(1.0, 0.0)
-    bf16: bool = False
-    backend: str = choice("auto", "auto", "gloo", "nccl")
-    collective_timeout_s: float = bounded(300.0, 1.0)
-    num_cpus: float = bounded(1.0, 0.0)
-    num_gpus: float = bounded(0.0, 0.0)
 
 
 @dataclass

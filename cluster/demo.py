@@ -62,7 +62,7 @@ def _commit() -> str:
 def run_demo(overrides: Optional[Sequence[str]] = None) -> int:
     from cluster.driver import Trainer
     from data.synthetic import generate
-    from learner.tiny_model import build_tiny_model
+    from data.tiny_model import build_tiny_model
 
     cfg = load_config("cpu_demo", list(overrides or []))
     synth_dir = Path(cfg.data.train_files[0]).parent

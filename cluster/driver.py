@@ -18,12 +18,13 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from cluster.checkpoints import CheckpointManager, read_json, write_json
+from cluster.checkpoints import CheckpointManager
 from cluster.config import TrainConfig, load_config, to_flat_dict, to_yaml
 from cluster.tracking import Progress, Tracker, resolve_tracking_uri, write_jsonl
+from common.files import read_json, write_json
 from data.schema import GROUNDING_FAMILIES, Instance, task_family
 from learner.deepspeed_learner import LearnerError
-from learner.experience import PromptGroup, RolloutFailure
+from learner.experience import PromptGroup
 from learner.losses import compute_advantages, filter_zero_variance
 from rewards.assembly import SampleReward, combine, normalization_requests, raw_reward
 
@@ -162,7 +163,7 @@ class Trainer:
             self.knowledge = load_knowledge(cfg.knowledge_file)
 
     def _start_actors(self) -> None:
-        from actors.actor_set import ActorSet
+        from cluster.actor_set import ActorSet
 
         self.actors = ActorSet(self.cfg, knowledge=self.knowledge)
 

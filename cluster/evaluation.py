@@ -2,7 +2,7 @@
 
 Role: the file and command-line side of evaluation. ``data.reader`` reads the references (JSON list, JSONL,
 Parquet), ``data.predictions`` the predictions (JSONL, the leaderboard's ``[{id, qa_type, prediction}]`` list, the
-authors' ``{"0": {"answer": ...}}`` index dict), an optional LLM judge (``actors.judge.JudgeCore``, run in this
+authors' ``{"0": {"answer": ...}}`` index dict), an optional LLM judge (``rewards.judge.JudgeCore``, run in this
 process without Ray) fills the ``*_llm`` columns, and ``rewards.leaderboard`` does the scoring.
 
 Evaluation never opens media, so references are read with ``require_media=False`` (paths neither confined nor
@@ -21,18 +21,19 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, TextIO, Union
 from urllib.parse import urlsplit, urlunsplit
 
-from cluster.config import JudgeConfig
+from common.files import write_text
 from data.predictions import PredictionSet, read_predictions
 from data.reader import PATH_OUTSIDE_ROOTS, DataFileError, ReadResult, read_instances
 from data.schema import Instance
 from rewards.baselines import baseline_table
+from rewards.config import JudgeConfig
+from rewards.judge import JudgeCore
 from rewards.leaderboard import JudgeFn, SimilarityFn, evaluate, format_table
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -114,11 +115,9 @@ class EvalJudge:
     failures: Counter[str] = field(default_factory=Counter)
     asked: int = 0
     ok: int = 0
-    core: Any = field(init=False, repr=False)
+    core: JudgeCore = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        from actors.judge import JudgeCore  # imports ray: only when a judge is asked for
-
         self.core = JudgeCore(self.cfg)
 
     def __call__(self, pairs: list[tuple[str, str]]) -> list[Optional[float]]:
@@ -151,7 +150,7 @@ def make_judge(backend: str, model: str = "", base_url: str = "http://127.0.0.1:
                progress: Optional[Callable[[int, int], None]] = None) -> EvalJudge:
     """An ``EvalJudge`` for ``backend`` (``openai``, ``hf``, ``vllm``); the API key is read by the backend from
     the environment variable ``api_key_env``. Raises ``EvalInputError`` when the backend cannot be built."""
-    from actors.judge_backends import JudgeBackendUnavailable
+    from rewards.judge_backends import JudgeBackendUnavailable
 
     if not model:
         raise EvalInputError(f"judge: --judge {backend} needs --judge-model (the served model name, or a local "
@@ -227,25 +226,9 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def write_report(report: dict[str, Any], path: PathLike) -> Path:
-    """Write ``report`` as strict JSON to ``path`` atomically (a temporary file in the same folder, then rename)."""
-    out = Path(os.fspath(path))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(report, indent=2, allow_nan=False, default=str) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return out
+    """Write ``report`` as strict JSON to ``path`` atomically (``common.files``)."""
+    return write_text(path, json.dumps(report, indent=2, allow_nan=False, default=str) + "\n")
 
-
-# ---------------------------------------------------------------------------------------------------- CLI
 
 def run_eval(args: argparse.Namespace, *, stdout: Optional[TextIO] = None, stderr: Optional[TextIO] = None) -> int:
     """The ``medgrpo eval`` command (arguments as ``cluster.cli`` defines them); see the module docstring."""

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data.reader import BadRow, DataFileError
+from common.files import atomic_write
+from data.errors import BadRow, DataFileError
 from data.schema import Instance
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -85,19 +85,8 @@ def instances_to_table(instances: Iterable[Instance]) -> pa.Table:
 
 def write_parquet(instances: Iterable[Instance], path: PathLike, *, compression: str = "zstd") -> Path:
     """Write instances to ``path`` atomically (a temporary file in the same folder, then a rename)."""
-    out = Path(os.fspath(path))
-    out.parent.mkdir(parents=True, exist_ok=True)
     table = instances_to_table(instances)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression=compression)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression=compression))
 
 
 def _open(path: Path) -> pq.ParquetFile:

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
+from data.errors import BadRow, DataFileError
 from data.schema import IMAGE_QA_TYPES, Instance, sample_id, task_family
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -97,10 +98,6 @@ _META_END = ("input_video_end_frame", "end_frame")
 _META_START_TIME = ("input_video_start_time", "start_time")
 _META_END_TIME = ("input_video_end_time", "end_time")
 _INSTANCE_FIELDS = tuple(f.name for f in fields(Instance))
-
-
-class DataFileError(ValueError):
-    """A data file that cannot be read at all (missing, unreadable, not JSON/JSONL/Parquet, wrong top level)."""
 
 
 @dataclass
@@ -704,13 +701,6 @@ def _json_rows(path: Path) -> tuple[str, Iterator[tuple[Where, Any]]]:
     kinds = sorted({type(v).__name__ for v in doc.values()}) if isinstance(doc, dict) else []
     raise DataFileError(f"{path}: top-level JSON must be a list of rows or an object mapping keys to rows; "
                         f"got {type(doc).__name__}" + (f" of {', '.join(kinds)}" if kinds else ""))
-
-
-class BadRow:
-    """Stands in for a row that could not even be decoded (bad JSON line, undecodable Parquet JSON column)."""
-
-    def __init__(self, detail: str) -> None:
-        self.detail = detail
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[Where, Any]]:

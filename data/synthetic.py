@@ -48,6 +48,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from common.files import atomic_write, write_text
 from data.schema import IMAGE_QA_TYPES, VIDEO_QA_TYPES, sample_id
 
 GENERATOR = "medgrpo.data.synthetic"
@@ -1313,14 +1314,8 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, allow_nan=False)
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    _write_text(path, "".join(_dumps(r) + "\n" for r in rows))
+    write_text(path, "".join(_dumps(r) + "\n" for r in rows))
 
 
 def write_mp4(path: Union[str, Path], frames: np.ndarray, fps: float) -> str:
@@ -1336,18 +1331,20 @@ def write_mp4(path: Union[str, Path], frames: np.ndarray, fps: float) -> str:
     if frames.shape[1] % 2 or frames.shape[2] % 2:
         raise ValueError(f"frame size {frames.shape[2]}x{frames.shape[1]} must be even for yuv420p")
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    tmp = path.with_name(path.name + ".tmp.mp4")
-    with av.open(str(tmp), mode="w") as container:
-        options = {"crf": "16", "preset": "veryfast", "threads": "1"} if codec == "libx264" else {"qscale": "2"}
-        stream = container.add_stream(codec, rate=int(round(fps)), options=options)
-        stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
-        stream.pix_fmt = "yuv420p"
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+
+    def encode(tmp: str) -> None:
+        with av.open(tmp, mode="w", format="mp4") as container:
+            options = {"crf": "16", "preset": "veryfast", "threads": "1"} if codec == "libx264" else {"qscale": "2"}
+            stream = container.add_stream(codec, rate=int(round(fps)), options=options)
+            stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
+            stream.pix_fmt = "yuv420p"
+            for f in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
                 container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    os.replace(tmp, path)
+
+    atomic_write(path, encode)
     return codec
 
 
@@ -1429,21 +1426,22 @@ def generate(out_dir: Union[str, os.PathLike], n_per_task: int = 16, seed: int =
         files["images_" + split] = out / f"images_{split}.jsonl"
         _write_jsonl(files["images_" + split], plan.rows["images_" + split])
     files["eval_json"] = out / "eval.json"
-    _write_text(files["eval_json"], json.dumps(plan.rows["eval"], ensure_ascii=False, indent=1) + "\n")
+    write_text(files["eval_json"], json.dumps(plan.rows["eval"], ensure_ascii=False, indent=1) + "\n")
     test_rows = []
     for row in plan.rows["eval"]:
         r = {k: v for k, v in row.items() if k not in ("struc_info", "gnd")}
         r["conversations"] = [row["conversations"][0]]
         test_rows.append(r)
     files["test"] = out / "test.json"
-    _write_text(files["test"], json.dumps(test_rows, ensure_ascii=False, indent=1) + "\n")
+    write_text(files["test"], json.dumps(test_rows, ensure_ascii=False, indent=1) + "\n")
     files["knowledge"] = out / "knowledge.json"
-    _write_text(files["knowledge"], json.dumps(knowledge_entries(), ensure_ascii=False, indent=1) + "\n")
+    write_text(files["knowledge"], json.dumps(knowledge_entries(), ensure_ascii=False, indent=1) + "\n")
     files["manifest"] = out / "manifest.json"
     manifest = _manifest(plan, seed, n_per_task, n_eval, n_img, n_img_eval, profiles, frames_variant, size, codec,
                          {k: v.name for k, v in files.items()})
     manifest["blind"] = bool(blind)
-    _write_text(files["manifest"], json.dumps(manifest, ensure_ascii=False, indent=1) + "\n")
+    write_text(files["manifest"], json.dumps(manifest, ensure_ascii=False, indent=1) + "
+")
     return files
 
 

@@ -20,8 +20,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-ADVANTAGE_ESTIMATORS = ("grpo", "drgrpo", "rloo")
-LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-sum-max-len")
+from learner.config import ADVANTAGE_ESTIMATORS, LOSS_AGGREGATIONS
+
 IGNORE_INDEX = -100
 
 

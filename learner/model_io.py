@@ -1,7 +1,7 @@
 """Load a vision-language checkpoint and turn a question plus decoded media into model inputs.
 
 Role: the one loading path every part uses (rollout, learner, SFT, eval), identical for the tiny offline model
-(``learner.tiny_model``) and a real ``Qwen/Qwen2.5-VL-7B-Instruct`` folder: ``AutoModelForImageTextToText`` +
+(``data.tiny_model``) and a real ``Qwen/Qwen2.5-VL-7B-Instruct`` folder: ``AutoModelForImageTextToText`` +
 ``AutoProcessor``, safetensors weights only (no pickle), local files only.
 
 ``build_inputs`` renders the chat template and runs the official processor. Video frames arrive already decoded

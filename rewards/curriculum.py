@@ -37,7 +37,10 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-SCHEDULES = ("step", "linear", "cosine")
+from rewards.config import CURRICULUM_SCHEDULES, CurriculumConfig
+
+_D = CurriculumConfig  # the defaults, written once there
+
 STATE_VERSION = 1
 # (upper bound on τ, P, S); the last row's bound is +inf.
 DEFAULT_PS_TABLE: tuple[tuple[float, float, float], ...] = ((0.60, 0.80, 0.20), (0.75, 0.75, 0.35),
@@ -56,13 +59,13 @@ def _finite(values: Union[float, Iterable[float]]) -> tuple[list[float], int]:
 class IoUThresholdScheduler:
     """MedLoc-R1 adaptive IoU threshold (module docstring). One per run: it is global state."""
 
-    def __init__(self, tau0: float = 0.3, tau_max: float = 0.8, window: int = 30, margin: float = 0.10,
-                 schedule: str = "step", *,
+    def __init__(self, tau0: float = _D.tau0, tau_max: float = _D.tau_max, window: int = _D.window,
+                 margin: float = _D.margin, schedule: str = _D.schedule, *,
                  ps_table: Sequence[Sequence[float]] = DEFAULT_PS_TABLE,
                  delta_table: Sequence[Sequence[float]] = DEFAULT_DELTA_TABLE,
-                 delta_max: float = 0.15, delta_min: float = 0.05) -> None:
-        if schedule not in SCHEDULES:
-            raise ValueError(f"curriculum schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
+                 delta_max: float = _D.delta_max, delta_min: float = _D.delta_min) -> None:
+        if schedule not in CURRICULUM_SCHEDULES:
+            raise ValueError(f"curriculum schedule {schedule!r}; allowed: {', '.join(CURRICULUM_SCHEDULES)}")
         if not (0.0 <= tau0 <= tau_max <= 1.0):
             raise ValueError(f"need 0 <= tau0 ({tau0}) <= tau_max ({tau_max}) <= 1")
         if int(window) < 2:

@@ -51,11 +51,13 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from rewards.config import NORMALIZER_MODES, NormalizerConfig
 from rewards.quantile_sketch import QuantileSketch
+
+_D = NormalizerConfig  # the defaults, written once there
 
 Key = Union[str, tuple[str, ...], list[str]]
 Quantiles = tuple[float, float, float]
-MODES = ("off", "static", "streaming", "warm")
 SOURCES = ("off", "stream", "static", "blend", "passthrough")
 STATE_VERSION = 1
 _QS = (0.25, 0.5, 0.75)
@@ -77,7 +79,7 @@ def canonical_key(key: Key) -> str:
     return "/".join(parts)
 
 
-def logistic_normalize(x: np.ndarray, quantiles: Quantiles, k: float = 3.0, eps: float = 1e-3) -> np.ndarray:
+def logistic_normalize(x: np.ndarray, quantiles: Quantiles, k: float = _D.k, eps: float = _D.eps) -> np.ndarray:
     """SPEC §1 formula, numerically stable for large |z|; ``x == p50`` gives exactly 0.5. NaN stays NaN."""
     p25, p50, p75 = quantiles
     with np.errstate(invalid="ignore", over="ignore"):
@@ -201,11 +203,11 @@ class RewardNormalizer:
     sketches' compaction coins (one derived seed per key), so a run is reproducible.
     """
 
-    def __init__(self, mode: str = "streaming", k: float = 3.0, eps: float = 1e-3, min_samples: int = 32,
-                 table: Optional[Mapping[Any, Any]] = None, sketch_size: int = 2048, *,
-                 warm_samples: int = 1000, update_first: bool = True, seed: int = 0) -> None:
-        if mode not in MODES:
-            raise ValueError(f"normalizer mode {mode!r}; allowed: {', '.join(MODES)}")
+    def __init__(self, mode: str = _D.mode, k: float = _D.k, eps: float = _D.eps, min_samples: int = _D.min_samples,
+                 table: Optional[Mapping[Any, Any]] = None, sketch_size: int = _D.sketch_size, *,
+                 warm_samples: int = _D.warm_samples, update_first: bool = _D.update_first, seed: int = 0) -> None:
+        if mode not in NORMALIZER_MODES:
+            raise ValueError(f"normalizer mode {mode!r}; allowed: {', '.join(NORMALIZER_MODES)}")
         if not (math.isfinite(k) and k > 0):
             raise ValueError(f"normalizer k={k} must be a finite number > 0")
         if not (math.isfinite(eps) and eps > 0):

@@ -32,6 +32,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
+from rewards.config import NormalizerConfig
+
 _MASK64 = (1 << 64) - 1
 _SHRINK = 2.0 / 3.0  # capacity ratio between adjacent levels
 _MIN_CAPACITY = 2
@@ -63,7 +65,7 @@ def _capacities(k: int, levels: int) -> list[int]:
 class QuantileSketch:
     """KLL quantile sketch holding at most ``max_size`` floats. See the module docstring for guarantees."""
 
-    def __init__(self, max_size: int = 2048, seed: int = 0) -> None:
+    def __init__(self, max_size: int = NormalizerConfig.sketch_size, seed: int = 0) -> None:
         if int(max_size) < 64:
             raise ValueError(f"max_size={max_size} too small; need >= 64 retained items (also the most levels: max_size // 2)")
         self.max_size = int(max_size)

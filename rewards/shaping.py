@@ -14,9 +14,9 @@ import re
 from collections import Counter
 from typing import Any, Optional, Sequence, Union
 
+from rewards.config import LENGTH_MODES
 from rewards.parsing import MAX_CHARS
 
-LENGTH_MODES = ("none", "ecr", "cwr")
 MAX_REASONING_CHARS = MAX_CHARS  # a degenerate generation is judged on its prefix, as its answer is
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 _SENTENCE = re.compile(r"(?<=[.!?;])\s+|\n+")

@@ -53,7 +53,7 @@ def synth_dir(tmp_path_factory):
 def tiny_model_dir(tmp_path_factory, synth_dir):
     """The tiny Qwen2.5-VL (tokenizer trained on the synthetic corpus), saved as an HF folder."""
     from data.reader import read_instances
-    from learner.tiny_model import build_tiny_model
+    from data.tiny_model import build_tiny_model
 
     corpus = []
     for f in sorted(synth_dir.glob("*.jsonl")):

@@ -253,9 +253,9 @@ def test_judge_ideal_rate_and_fake_backend_cost():
 
 
 def test_judge_core_batches_distinct_caption_pairs():
-    from actors.judge import JudgeCore
+    from rewards.judge import JudgeCore
     from bench.judge import FakeBackend, caption_pairs
-    from cluster.config import JudgeConfig
+    from rewards.config import JudgeConfig
 
     pairs = caption_pairs(20)
     assert len(set(pairs)) == 20

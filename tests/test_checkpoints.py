@@ -1,7 +1,8 @@
 """Run checkpoints: atomic publish, keep-last-K, truncated/corrupt ones skipped on resume."""
 from __future__ import annotations
 
-from cluster.checkpoints import CheckpointManager, read_json, write_json
+from cluster.checkpoints import CheckpointManager
+from common.files import read_json, write_json
 
 
 def _save(mgr, step, payload=b"x" * 1000):

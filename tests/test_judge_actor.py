@@ -15,9 +15,10 @@ import pytest
 
 from judge_http_stub import GOOD, KEY_ENV, SECRET, JudgeServer, completion
 
-from actors.judge import CircuitBreaker, JudgeCore, JudgeOutcome, as_judge_config, create_judge_actor
-from actors.judge_backends import JudgeBackend, JudgeBackendUnavailable, JudgeCallError, make_backend
-from cluster.config import JudgeConfig
+from actors.judge import create_judge_actor
+from rewards.judge import CircuitBreaker, JudgeCore, JudgeOutcome, as_judge_config
+from rewards.judge_backends import JudgeBackend, JudgeBackendUnavailable, JudgeCallError, make_backend
+from rewards.config import JudgeConfig
 
 REF = "The suction cannula, held by the surgeon's left hand, clears fluid near the incision."
 

@@ -34,7 +34,7 @@ def tiny_dir(tmp_path_factory):
     from transformers import AutoConfig
 
     from learner.model_io import build_inputs, load_model_and_processor
-    from learner.tiny_model import build_tiny_model
+    from data.tiny_model import build_tiny_model
 
     path = build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2.5-vl"))
     _, proc = load_model_and_processor(path)

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from judge_http_stub import GOOD, KEY_ENV, SECRET, JudgeServer
 
-from actors.judge import JudgeCore
-from actors.judge_backends import JudgeBackend
-from actors.reward_worker import LocalJudgeClient, RewardItem, RewardScorer, RewardWorkerPool, ScoredSample
-from cluster.config import JudgeConfig, RewardConfig
+from actors.reward_worker import RewardWorkerPool
+from rewards.judge import JudgeCore
+from rewards.judge_backends import JudgeBackend
+from rewards.scoring import LocalJudgeClient, RewardItem, RewardScorer, ScoredSample
+from rewards.config import JudgeConfig, RewardConfig
 from data.schema import Instance
 from rewards.assembly import combine, normalization_requests
 from rewards.task_scores import score as task_score

@@ -11,7 +11,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from data import synthetic as syn  # noqa: E402
-from learner import model_io, tiny_model  # noqa: E402
+from data import tiny_model  # noqa: E402
+from learner import model_io  # noqa: E402
 
 
 @pytest.fixture(scope="module")

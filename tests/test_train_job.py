@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.checkpoints import read_json
+from common.files import read_json
 from cluster.config import load_config
 from cluster.driver import Trainer
 

@@ -21,6 +21,8 @@ from typing import Any, Optional
 import ray
 
 from cluster.config import TrainConfig
+from cluster.placement import Reservation
+from common.files import read_json, write_json
 from data.schema import Instance
 from learner.experience import PromptGroup, RolloutFailure
 from rewards.assembly import SampleReward
@@ -59,8 +61,6 @@ class ActorSet:
         self.timeout = cfg.cluster.get_timeout_s
         # Names the dashboard shows: "<run>-<token>/rollout-0"; the token keeps two jobs on one cluster apart.
         self.prefix = f"{Path(cfg.run_dir).name}-{secrets.token_hex(2)}/"
-        from cluster.placement import Reservation
-
         self.reservation = Reservation(cfg)
         self.faults: Counter = Counter()
         restarts = cfg.cluster.max_actor_restarts
@@ -268,8 +268,6 @@ class ActorSet:
 
     # -- state ---------------------------------------------------------------------------------------------
     def save_state(self, path: Path) -> None:
-        from cluster.checkpoints import write_json
-
         write_json(path / "normalizer.json", ray.get(self.normalizer.state_dict.remote(), timeout=self.timeout))
         # the quantile table a later `normalizer.mode=static` run can load (run_dir is on storage all nodes share)
         ray.get(self.normalizer.save_table.remote(str(path / "normalizer_table.json")), timeout=self.timeout)
@@ -278,8 +276,6 @@ class ActorSet:
         self.learner.save_checkpoint(str(path / "learner"))
 
     def load_state(self, path: Path, version: int) -> None:
-        from cluster.checkpoints import read_json
-
         ray.get(self.normalizer.load_state_dict.remote(read_json(path / "normalizer.json")), timeout=self.timeout)
         if self.curriculum is not None and (path / "curriculum.json").exists():
             ray.get(self.curriculum.load_state_dict.remote(read_json(path / "curriculum.json")),

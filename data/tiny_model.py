@@ -232,7 +232,7 @@ def build_tiny_model(out_dir: Union[str, os.PathLike], corpus_texts: Optional[It
     model.save_pretrained(out)
     processor.save_pretrained(out)
     digest = hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
-    info = {"builder": "learner.tiny_model.build_tiny_model", "seed": seed, "sizes": dataclasses.asdict(cfg_sizes),
+    info = {"builder": "data.tiny_model.build_tiny_model", "seed": seed, "sizes": dataclasses.asdict(cfg_sizes),
             "parameters": int(sum(p.numel() for p in model.parameters())), "vocab": len(tokenizer),
             "corpus_texts": len(texts), "corpus_sha256": digest, "transformers": transformers.__version__}
     (out / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")

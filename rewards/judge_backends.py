@@ -2,7 +2,7 @@
 
 A backend turns a batch of chat conversations into reply texts, one entry per conversation: the text, or a
 ``JudgeCallError`` carrying a stable reason code. It does not retry, cache or parse: that is ``JudgeCore``'s job
-(actors/judge.py). Backends hold no Ray state and can be used in any process.
+(rewards/judge.py). Backends hold no Ray state and can be used in any process.
 
 Secrets: the OpenAI backend reads its API key only from the environment variable named by
 ``JudgeConfig.api_key_env``, keeps it out of ``repr``, and redacts it from every error detail it produces.
@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional, Sequence, Union
 
-from cluster.config import JudgeConfig
+from rewards.config import JudgeConfig
 
 log = logging.getLogger(__name__)
 

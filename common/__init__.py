@@ -1,0 +1,1 @@
+"""The ground floor: small helpers every other folder may import (atomic file writes, config field declarations)."""
