@@ -4,12 +4,12 @@ folder keeps the full results with the date and commit."""
 from __future__ import annotations
 
 import datetime
-import json
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from cluster.config import load_config
+from common.files import write_json
 from rewards.leaderboard import flat_metrics
 
 
@@ -93,7 +93,7 @@ def run_demo(overrides: Optional[Sequence[str]] = None) -> int:
               "commit": _commit(), "overrides": list(overrides or []), "seconds": time.perf_counter() - t0,
               "baseline": baseline, "before": before, "after": after,
               "mlflow_uri": trainer.tracker.uri, "run_id": trainer.tracker.run_id}
-    (Path(cfg.run_dir) / "demo_report.json").write_text(json.dumps(report, indent=2, default=str))
+    write_json(Path(cfg.run_dir) / "demo_report.json", report, indent=2, default=str)
     print("\nEval on the held-out synthetic split (greedy decoding), against constant-prediction baselines "
           "fitted on the training split (majority answer; mean segment/box):")
     print(demo_table(baseline, before, after))

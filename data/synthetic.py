@@ -1440,8 +1440,7 @@ def generate(out_dir: Union[str, os.PathLike], n_per_task: int = 16, seed: int =
     manifest = _manifest(plan, seed, n_per_task, n_eval, n_img, n_img_eval, profiles, frames_variant, size, codec,
                          {k: v.name for k, v in files.items()})
     manifest["blind"] = bool(blind)
-    write_text(files["manifest"], json.dumps(manifest, ensure_ascii=False, indent=1) + "
-")
+    write_text(files["manifest"], json.dumps(manifest, ensure_ascii=False, indent=1) + "\n")
     return files
 
 
