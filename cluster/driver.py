@@ -22,11 +22,12 @@ from cluster.checkpoints import CheckpointManager
 from cluster.config import TrainConfig, load_config, to_flat_dict, to_yaml
 from cluster.tracking import Progress, Tracker, resolve_tracking_uri, write_jsonl
 from common.files import read_json, write_json
-from data.schema import GROUNDING_FAMILIES, Instance, task_family
+from data.schema import Instance
 from learner.deepspeed_learner import LearnerError
 from learner.experience import PromptGroup
 from learner.losses import compute_advantages, filter_zero_variance
-from rewards.assembly import SampleReward, combine, normalization_requests, raw_reward
+from rewards.assembly import SampleReward, combine, is_caption, normalization_requests, raw_reward
+from rewards.tasks import spec_of
 
 log = logging.getLogger("medgrpo")
 # the phases of a step the driver waits on (time/decode_s is the actors' share of generate, not one of them)
@@ -358,7 +359,7 @@ class Trainer:
                 rewards_by_group.append(comb.rewards[pos: pos + len(sc)])
                 pos += len(sc)
                 ious = [s.iou for s in sc if s.iou is not None]
-                if task_family(g.qa_type) in GROUNDING_FAMILIES and ious:
+                if (spec := spec_of(g.qa_type)) is not None and spec.grounding and ious:
                     group_iou.append((float(np.mean([s.components.get("task") or 0.0 for s in sc])),
                                       float(np.mean(ious))))
             for g, sc, r in zip(groups, scored, rewards_by_group):
@@ -448,7 +449,7 @@ class Trainer:
                 by_key.setdefault(f"{s.data_source}/{s.qa_type}", []).append(r)
             if s.reason:
                 reasons[s.reason] += 1
-            if s.components.get("judge") is None and s.family in ("vs", "rc"):
+            if s.components.get("judge") is None and is_caption(s.family):
                 reasons["judge_missing"] += 1
         allv = [v for vs in by_key.values() for v in vs]
         m["reward/raw_mean"] = float(np.mean(allv)) if allv else float("nan")

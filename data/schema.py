@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-# qa_type -> task family (the eight MedVidBench tasks, plus image tasks).
+# qa_type -> task family (the eight MedVidBench tasks, plus image tasks): the one list of qa_types. How each family
+# is parsed and scored is its spec in rewards/tasks.py (which adds the qa_types of a task it registers here).
 TASK_FAMILY: dict[str, str] = {
     "tal": "tag",
     "stg": "stg",
@@ -27,20 +28,39 @@ TASK_FAMILY: dict[str, str] = {
     "box_grounding": "box",  # struc_info {"bbox": [x1, y1, x2, y2], "label": str}
     "image_cls": "cls",  # struc_info {"label": str, "classes": [...], "ordinal": bool}
 }
-VIDEO_QA_TYPES = tuple(k for k, v in TASK_FAMILY.items() if v not in ("vqa", "box", "cls"))
-IMAGE_QA_TYPES = ("vqa_mc", "box_grounding", "image_cls")
-CAPTION_FAMILIES = ("vs", "rc", "dvc")
-GROUNDING_FAMILIES = ("tag", "stg", "box")
+IMAGE_FAMILIES = ("vqa", "box", "cls")  # their instances hold one image; every other family's a video
+VIDEO_QA_TYPES = tuple(k for k, v in TASK_FAMILY.items() if v not in IMAGE_FAMILIES)
+IMAGE_QA_TYPES = tuple(k for k, v in TASK_FAMILY.items() if v in IMAGE_FAMILIES)
+# qa_type prefixes of known families: a new variant (``video_summary_x``) maps by its prefix
+_PREFIXES = (("dense_captioning", "dvc"), ("video_summary", "vs"), ("region_caption", "rc"))
 
 
 def task_family(qa_type: str) -> str:
     """Family of a qa_type; unknown prefixes of known families (e.g. ``video_summary_x``) map by prefix."""
     if qa_type in TASK_FAMILY:
         return TASK_FAMILY[qa_type]
-    for prefix, fam in (("dense_captioning", "dvc"), ("video_summary", "vs"), ("region_caption", "rc")):
+    for prefix, fam in _PREFIXES:
         if qa_type.startswith(prefix):
             return fam
     raise KeyError(f"unknown qa_type {qa_type!r}; known: {', '.join(sorted(TASK_FAMILY))}")
+
+
+def qa_types_of(family: str) -> tuple[str, ...]:
+    return tuple(q for q, f in TASK_FAMILY.items() if f == family)
+
+
+def add_qa_types(family: str, qa_types: "tuple[str, ...] | list[str]") -> None:
+    """Make ``qa_types`` known as ``family`` (``rewards.tasks.register``); a qa_type of another family raises."""
+    taken = [q for q in qa_types if TASK_FAMILY.get(q, family) != family]
+    if taken:
+        raise ValueError(f"qa_types {taken} already belong to family {TASK_FAMILY[taken[0]]!r}")
+    TASK_FAMILY.update(dict.fromkeys(qa_types, family))
+
+
+def remove_family(family: str) -> None:
+    """Forget every qa_type of ``family`` (``rewards.tasks.unregister``)."""
+    for q in qa_types_of(family):
+        del TASK_FAMILY[q]
 
 
 def sample_id(video_id: str, start: "int | str", end: "Optional[int | str]", fps: "float | str") -> str:

@@ -14,6 +14,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
+from rewards.tasks import judged_in_reward
+
 JUDGE, SIMILARITY, TASK = "judge", "similarity", "task"
 
 
@@ -32,7 +34,8 @@ class SampleReward:
 
 
 def is_caption(family: str) -> bool:
-    return family in ("vs", "rc")
+    """The family's reward is judge + similarity (its spec's ``judged_in_reward``), not the task score."""
+    return judged_in_reward(family)
 
 
 def normalization_requests(samples: list[SampleReward]) -> tuple[list[tuple], list[float], list[tuple[int, str]]]:

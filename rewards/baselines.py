@@ -3,12 +3,12 @@
 Role: pure code beside ``rewards.leaderboard``. ``fit_baselines(train)`` learns one constant prediction per
 ``(qa_type, data_source)`` (per ``qa_type`` for a source the training data lacks) from the training references:
 
-* classification families (nap, cvs, sa, vqa, cls): the best constant answer, i.e. of the most common training
+* accuracy families (``accuracy`` in rewards/tasks.py: nap, cvs, sa, vqa, cls): the best constant answer, i.e. of the most common training
   answers of that key, the one with the highest mean score on the training references. For a label task that is
   the majority class; for CVS and skill (scored by the class of a summed / mean score) a representative of the
   majority class. The key includes the source because the prompt names it, so a model that reads only the text
   can reach this.
-* grounding families: the constant-prediction baseline, the training mean: mean segment ``start-end`` (tag),
+* grounding families (``grounding``: tag, stg, box): the constant-prediction baseline, the training mean: mean segment ``start-end`` (tag),
   mean box given at time 0 (stg; the leaderboard's carry-forward rule applies it at every asked time), mean box
   in coordinates relative to the image size when the references give it (box).
 
@@ -24,10 +24,17 @@ from typing import Any, Optional, Sequence
 
 from data.schema import Instance
 from rewards import parsing as P
+from rewards import tasks as T
 from rewards.task_scores import score
 
-CLASSIFICATION_FAMILIES = ("nap", "cvs", "sa", "vqa", "cls")
-GROUNDING_FAMILIES = ("tag", "stg", "box")
+
+
+def _kind(family: Optional[str]) -> Optional[str]:
+    """"majority" for accuracy families, "mean" for grounding families (their specs' flags), else None."""
+    spec = T.spec_of_family(family)
+    if spec is None:
+        return None
+    return "majority" if spec.accuracy else "mean" if spec.grounding else None
 MAX_CANDIDATES = 32  # most common training answers tried as the constant answer, per key
 MAX_FIT_REFS = 512  # training references a candidate is scored on, per key (the first ones)
 ANY_SOURCE = "*"
@@ -104,14 +111,13 @@ def fit_baselines(train: Sequence[Instance]) -> Baselines:
     """Constant predictions from the training references (module docstring)."""
     groups: dict[tuple[str, str], list[Instance]] = defaultdict(list)
     for r in train:
-        fam = P.family_of(r)
-        if fam in CLASSIFICATION_FAMILIES or fam in GROUNDING_FAMILIES:
+        if _kind(T.family_of(r)):
             groups[(r.qa_type, r.data_source or "")].append(r)
             groups[(r.qa_type, ANY_SOURCE)].append(r)
     out = Baselines()
     for key, refs in groups.items():
-        fam = P.family_of(refs[0])
-        if fam in CLASSIFICATION_FAMILIES:
+        fam = T.family_of(refs[0])
+        if _kind(fam) == "majority":
             text = _best_constant(refs)
             out.kind[key[0]] = "majority"
             rel = None
@@ -142,13 +148,13 @@ def baseline_table(train: Sequence[Instance], references: Sequence[Instance]) ->
 
     b = fit_baselines(train)
     result = evaluate(references, baseline_predictions(b, references))
-    fams = {P.family_of(r) for r in references if P.family_of(r) in CLASSIFICATION_FAMILIES + GROUNDING_FAMILIES}
+    fams = {f for f in map(T.family_of, references) if _kind(f)}
     covered = {c for f in fams for c in _columns_of(f)}
     for part in [result["table"], result["source_mean"], *result["by_source"].values()]:
         for col in part:
             if col not in covered:
                 part[col] = None
-    result["kind"] = {c: ("majority" if f in CLASSIFICATION_FAMILIES else "mean") for f in fams
+    result["kind"] = {c: _kind(f) for f in fams
                       for c in _columns_of(f)}
     return result
 

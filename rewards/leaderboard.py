@@ -23,37 +23,33 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Collection, Mapping, Optional, Sequence
 
 from data.schema import Instance
 from rewards import metrics as M
 from rewards import parsing as P
+from rewards import tasks as T
 from rewards.task_scores import score
 
 JudgeFn = Callable[[list[tuple[str, str]]], Sequence[Optional[float]]]
 SimilarityFn = Callable[[list[tuple[str, str]]], Sequence[Optional[float]]]
 
-COLUMNS: tuple[str, ...] = ("cvs_acc", "nap_acc", "sa_acc", "stg_miou", "tag_miou@0.3", "tag_miou@0.5",
-                            "dvc_f1", "dvc_llm", "vs_llm", "rc_llm")
-IMAGE_COLUMNS: tuple[str, ...] = ("vqa_acc", "box_miou", "cls_acc")
-SIM_COLUMNS: tuple[str, ...] = ("dvc_sim", "vs_sim", "rc_sim")
-LLM_COLUMNS: tuple[str, ...] = ("dvc_llm", "vs_llm", "rc_llm")
 
-# family -> [(column, component, mIoU threshold or None)]
-_RULE_COLUMNS: dict[str, list[tuple[str, str, Optional[float]]]] = {
-    "cvs": [("cvs_acc", "acc", None)],
-    "nap": [("nap_acc", "acc", None)],
-    "sa": [("sa_acc", "acc", None)],
-    "stg": [("stg_miou", "iou", None)],
-    "tag": [("tag_miou@0.3", "iou", 0.3), ("tag_miou@0.5", "iou", 0.5)],
-    "dvc": [("dvc_f1", "f1", None)],
-    "vqa": [("vqa_acc", "acc", None)],
-    "box": [("box_miou", "iou", None)],
-    "cls": [("cls_acc", "acc", None)],
-}
-_LLM_COLUMN = {"dvc": "dvc_llm", "vs": "vs_llm", "rc": "rc_llm"}
-_SIM_COLUMN = {"dvc": "dvc_sim", "vs": "vs_sim", "rc": "rc_sim"}
-_FAMILY_OF_IMAGE_COLUMN = {"vqa_acc": "vqa", "box_miou": "box", "cls_acc": "cls"}
+
+def columns_for(families_present: Collection[Optional[str]], with_similarity: bool = False) -> list[str]:
+    """The table's columns, from the task registry in its order: each family's rule columns and, for a caption
+    family, its ``<family>_llm`` column; an image family's only when it is in ``families_present``; then the
+    ``<family>_sim`` columns when ``with_similarity``."""
+    cols: list[str] = []
+    for spec in T.specs():
+        if not spec.image or spec.name in families_present:
+            cols += [c.name for c in spec.columns] + ([spec.llm_column()] if spec.caption else [])  # type: ignore[list-item]
+    if with_similarity:
+        cols += [spec.sim_column() for spec in T.specs() if spec.caption]  # type: ignore[misc]
+    return cols
+
+
+COLUMNS: tuple[str, ...] = tuple(columns_for(()))  # the video table (no image references, no similarity)
 ALL_SOURCES = "all"
 SOURCE_MEAN = "src-mean"
 
@@ -82,11 +78,7 @@ def evaluate(references: Sequence[Instance], predictions: Mapping[str, str], *,
     "skipped", "columns", "source_mean"}``: ``table`` (pooled over every reference), ``by_source[source]`` and
     ``source_mean`` (the mean of the per-source means) map column -> value (None: no data or skipped).
     """
-    columns = list(COLUMNS)
-    fams_present = {P.family_of(r) for r in references}
-    columns += [c for c in IMAGE_COLUMNS if _FAMILY_OF_IMAGE_COLUMN[c] in fams_present]
-    if similarity_fn is not None:
-        columns += list(SIM_COLUMNS)
+    columns = columns_for({T.family_of(r) for r in references}, with_similarity=similarity_fn is not None)
     values: dict[str, list[tuple[str, float]]] = defaultdict(list)
     missing_by_col: Counter[str] = Counter()
     parse_failures: Counter[str] = Counter()
@@ -98,7 +90,7 @@ def evaluate(references: Sequence[Instance], predictions: Mapping[str, str], *,
     ids = Counter(ref.id for ref in references)
     uids = Counter(ref.uid for ref in references)
     used: set[str] = set()
-    queue: list[tuple[str, str, str, str]] = []  # (family, source, reference, candidate)
+    queue: list[tuple[T.TaskSpec, str, str, str]] = []  # (caption spec, source, reference, candidate)
 
     for ref in references:
         pred: Any = None
@@ -111,10 +103,11 @@ def evaluate(references: Sequence[Instance], predictions: Mapping[str, str], *,
                 used.add(ref.id)
             else:
                 ambiguous_id += 1
-        fam = P.family_of(ref)
-        if fam is None or (fam not in _RULE_COLUMNS and fam not in _LLM_COLUMN):
+        spec = T.spec_of(ref)
+        if spec is None or not (spec.columns or spec.caption):
             unknown_qa_type += 1
             continue
+        fam = spec.name
         has_pred = isinstance(pred, str)
         ts = score(ref, pred if has_pred else "", format_gate=False)
         if ts.reason is not None and ts.reason.startswith("gt_"):
@@ -126,34 +119,34 @@ def evaluate(references: Sequence[Instance], predictions: Mapping[str, str], *,
         elif ts.reason is not None:
             parse_failures[ts.reason] += 1
             failures_by_task[fam][ts.reason] += 1
-        for col, comp, theta in _RULE_COLUMNS.get(fam, []):
-            v = ts.components.get(comp, 0.0) if has_pred else 0.0
-            values[col].append((src, M.thresholded_iou(v, theta) if theta is not None else v))
-            missing_by_col[col] += 0 if has_pred else 1
-        if fam in _LLM_COLUMN:
+        for c in spec.columns:
+            v = ts.components.get(c.component, 0.0) if has_pred else 0.0
+            values[c.name].append((src, M.thresholded_iou(v, c.iou_threshold) if c.iou_threshold is not None else v))
+            missing_by_col[c.name] += 0 if has_pred else 1
+        if spec.caption:
             cand = P.answer_text(pred) if has_pred else ""
             if cand:
-                queue.append((fam, src, P.gt_caption(ref).value or "", cand))
+                queue.append((spec, src, P.gt_caption(ref).value or "", cand))
                 continue
-            for cols in (_LLM_COLUMN, _SIM_COLUMN):
-                values[cols[fam]].append((src, 0.0))
-            missing_by_col[_LLM_COLUMN[fam]] += 0 if has_pred else 1
-            missing_by_col[_SIM_COLUMN[fam]] += 0 if has_pred else 1
+            for col in (spec.llm_column(), spec.sim_column()):
+                values[col].append((src, 0.0))  # type: ignore[index]
+                missing_by_col[col] += 0 if has_pred else 1  # type: ignore[index]
 
     pairs = [(r, c) for _, _, r, c in queue]
-    for fn, name, cols, lo, hi, missing_counter in (
-            (judge_fn, "judge_fn", _LLM_COLUMN, 1.0, 5.0, judge_missing),
-            (similarity_fn, "similarity_fn", _SIM_COLUMN, -1.0, 1.0, sim_missing)):
+    for fn, name, column_of, lo, hi, missing_counter in (
+            (judge_fn, "judge_fn", T.TaskSpec.llm_column, 1.0, 5.0, judge_missing),
+            (similarity_fn, "similarity_fn", T.TaskSpec.sim_column, -1.0, 1.0, sim_missing)):
         if fn is None or not pairs:
             continue
-        for (fam, src, _, _), raw in zip(queue, _call(fn, name, pairs)):
+        for (spec, src, _, _), raw in zip(queue, _call(fn, name, pairs)):
             v = _valid(raw, lo, hi)
+            col = column_of(spec)
             if v is None:
-                missing_counter[cols[fam]] += 1
+                missing_counter[col] += 1
             else:
-                values[cols[fam]].append((src, v))
+                values[col].append((src, v))
 
-    skipped = [c for c in LLM_COLUMNS if judge_fn is None]
+    skipped = [spec.llm_column() for spec in T.specs() if spec.caption and judge_fn is None]
     sources = sorted({src for vals in values.values() for src, _ in vals})
 
     def mean(col: str, source: Optional[str]) -> tuple[Optional[float], int]:
@@ -194,7 +187,8 @@ def _mean_of(vals: Sequence[Optional[float]]) -> Optional[float]:
 
 def rule_columns(family: str) -> list[str]:
     """The rule-based columns a task family scores into (empty for caption-only families)."""
-    return [col for col, _, _ in _RULE_COLUMNS.get(family, [])]
+    spec = T.spec_of_family(family)
+    return [c.name for c in spec.columns] if spec else []
 
 
 def flat_metrics(result: Mapping[str, Any], prefix: str = "") -> dict[str, float]:

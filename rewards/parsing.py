@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Generic, Iterator, Mapping, NamedTuple, Optional, Sequence, TypeVar
 
-from data.schema import Instance, task_family
+from data.schema import Instance
 
 T = TypeVar("T")
 
@@ -61,7 +61,7 @@ REASONS: dict[str, str] = {
     "gt_ambiguous_action": "struc_info lists several actions and the question names none of them uniquely",
 }
 
-# Extra codes of the strict format checks (format_problem / think_answer_problem), on top of the parse codes.
+# Extra codes of the strict format checks (*_format / think_answer_problem), on top of the parse codes.
 FORMAT_REASONS: dict[str, str] = {
     "extra_text": "the answer parses but has text outside the template",
     "empty_caption": "a dense-captioning event without a caption",
@@ -669,83 +669,99 @@ def _residue(t: str, spans: Sequence[tuple[int, int]], filler: re.Pattern[str]) 
     return filler.sub("", " ".join(parts))
 
 
-def format_problem(family: str, text: Any, *, labels: Optional[Sequence[str]] = None,
-                   choices: Any = None) -> Optional[str]:
-    """None when ``text`` (its answer part) follows the task's answer format strictly, else a reason code.
+# Strict format checks, one per answer layout, on the prepared answer text (``prepare_answer``). Each returns None
+# when the text follows the layout strictly, else a reason code. Strict means: the answer parses, nothing is
+# dropped, and nothing but the structured items and their filler (units, separators, the template's keys) is left.
+# ``rewards.tasks.format_problem`` picks the check of an instance's task family.
 
-    Strict means: the answer parses, nothing is dropped, and nothing but the structured items and their
-    filler (units, separators, the template's keys) is left. Per family: tag — segments only; stg — every
-    box has a time, nothing else; dvc — no preamble, every event has a caption; cvs/sa — the template's
-    keys with valid scores only; nap/cls — exactly one offered label (without a label list: at most 8 words);
-    vqa — a bare letter, ``B. text``, or exactly an option text; box — exactly one valid box; vs/rc — at least
-    three words.
-    """
+
+def segments_format(t: str) -> Optional[str]:
+    """tag: segments only."""
+    p = parse_segments(t)
+    if not p.ok:
+        return p.reason
+    if p.dropped:
+        return "bad_segment"
+    return "extra_text" if _residue(t, [m.span() for m, _ in _seg_matches(t)], _TAG_FILLER_RE) else None
+
+
+def stg_format(t: str) -> Optional[str]:
+    """stg: every box has a time, nothing else."""
+    p = parse_stg(t)
+    if not p.ok:
+        return p.reason
+    if p.dropped:
+        return "bad_box"
+    return "extra_text" if _residue(t, [m.span() for m, _ in _box_matches(t)], _STG_FILLER_RE) else None
+
+
+def events_format(t: str) -> Optional[str]:
+    """dvc: no preamble, every event has a caption."""
+    p, preamble = _events(t)
+    if not p.ok:
+        return p.reason
+    if p.dropped:
+        return "bad_event"
+    if preamble:
+        return "extra_text"
+    return "empty_caption" if any(not e.caption for e in p.value or []) else None
+
+
+def cvs_format(t: str) -> Optional[str]:
+    """cvs: the template's keys with valid scores only."""
+    p = parse_cvs(t)
+    if not p.ok:
+        return p.reason
+    _, spans = _cvs_scan(t)
+    return "extra_text" if _residue(t, spans, _PUNCT_FILLER_RE) else None
+
+
+def skill_format(t: str) -> Optional[str]:
+    """sa: the template's keys with valid scores only."""
+    p = parse_skill(t)
+    if not p.ok:
+        return p.reason
+    _, spans = _sa_scan(t)
+    return "extra_text" if _residue(t, spans, _PUNCT_FILLER_RE) else None
+
+
+def label_format(t: str, labels: Optional[Sequence[str]] = None) -> Optional[str]:
+    """nap/cls: exactly one offered label (without a label list: at most 8 words)."""
+    norm = normalize_label(t)
+    if not norm:
+        return "empty"
+    if labels:
+        return None if norm in {normalize_label(x) for x in labels} else "not_a_label"
+    return None if len(norm.split()) <= _MAX_FREE_LABEL_WORDS else "extra_text"
+
+
+def choice_format(t: str, choices: Any = None) -> Optional[str]:
+    """vqa: a bare letter, ``B. text``, or exactly an option text."""
+    p = parse_choice(t, choices)
+    if not p.ok:
+        return p.reason
+    return None if _choice_strict(t, _letters(choices), choice_texts(choices)) is not None else "extra_text"
+
+
+def box_format(t: str) -> Optional[str]:
+    """box: exactly one valid box."""
+    boxes = list(_box_matches(t))
+    if not boxes:
+        return "no_boxes"
+    if any(b is None for _, b in boxes):
+        return "bad_box"
+    return None if len(boxes) == 1 else "several_boxes"
+
+
+def caption_format(t: str) -> Optional[str]:
+    """vs/rc: at least three words."""
+    return None if len(t.split()) >= _MIN_CAPTION_WORDS else "too_short"
+
+
+def parse_caption(text: Any) -> Parsed[str]:
+    """A free-text answer: its prepared answer part, or the reason there is none."""
     t, r = prepare_answer(text)
-    if r:
-        return r
-    if family == "tag":
-        p = parse_segments(t)
-        if not p.ok:
-            return p.reason
-        if p.dropped:
-            return "bad_segment"
-        if _residue(t, [m.span() for m, _ in _seg_matches(t)], _TAG_FILLER_RE):
-            return "extra_text"
-        return None
-    if family == "stg":
-        p2 = parse_stg(t)
-        if not p2.ok:
-            return p2.reason
-        if p2.dropped:
-            return "bad_box"
-        if _residue(t, [m.span() for m, _ in _box_matches(t)], _STG_FILLER_RE):
-            return "extra_text"
-        return None
-    if family == "dvc":
-        p3, preamble = _events(t)
-        if not p3.ok:
-            return p3.reason
-        if p3.dropped:
-            return "bad_event"
-        if preamble:
-            return "extra_text"
-        if any(not e.caption for e in p3.value or []):
-            return "empty_caption"
-        return None
-    if family == "cvs":
-        p4 = parse_cvs(t)
-        if not p4.ok:
-            return p4.reason
-        _, spans = _cvs_scan(t)
-        return "extra_text" if _residue(t, spans, _PUNCT_FILLER_RE) else None
-    if family == "sa":
-        p5 = parse_skill(t)
-        if not p5.ok:
-            return p5.reason
-        _, spans = _sa_scan(t)
-        return "extra_text" if _residue(t, spans, _PUNCT_FILLER_RE) else None
-    if family in ("nap", "cls"):
-        norm = normalize_label(t)
-        if not norm:
-            return "empty"
-        if labels:
-            return None if norm in {normalize_label(x) for x in labels} else "not_a_label"
-        return None if len(norm.split()) <= _MAX_FREE_LABEL_WORDS else "extra_text"
-    if family == "vqa":
-        p6 = parse_choice(t, choices)
-        if not p6.ok:
-            return p6.reason
-        return None if _choice_strict(t, _letters(choices), choice_texts(choices)) is not None else "extra_text"
-    if family == "box":
-        boxes = list(_box_matches(t))
-        if not boxes:
-            return "no_boxes"
-        if any(b is None for _, b in boxes):
-            return "bad_box"
-        return None if len(boxes) == 1 else "several_boxes"
-    if family in ("vs", "rc"):
-        return None if len(t.split()) >= _MIN_CAPTION_WORDS else "too_short"
-    return "unknown_family"
+    return _fail(r) if r else _ok(t)
 
 
 def think_answer_problem(text: Any) -> Optional[str]:
@@ -764,10 +780,6 @@ def think_answer_problem(text: Any) -> Optional[str]:
     if not text[e2:s3].strip():
         return "empty_answer"
     return None
-
-
-def think_answer_ok(text: Any) -> bool:
-    return think_answer_problem(text) is None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1178,11 +1190,3 @@ def scale_box(pred: Box, ref: Box, size: Optional[tuple[float, float]]) -> Box:
         return pred
     w, h = size
     return (pred[0] * w, pred[1] * h, pred[2] * w, pred[3] * h)
-
-
-def family_of(inst: Instance) -> Optional[str]:
-    """The task family, or None for an unknown qa_type (never raises)."""
-    try:
-        return task_family(inst.qa_type) if isinstance(inst.qa_type, str) else None
-    except KeyError:
-        return None

@@ -1,8 +1,8 @@
 """Score a batch of rollouts into raw reward components (Ray-free; normalization happens after, once per step).
 
 Per sample: the rule-based task score (``rewards.task_scores.score``); for the caption tasks whose reward uses
-them (VS, RC: ``rewards.assembly.is_caption``) also the semantic similarity to the reference
-(rewards/similarity.py) and the LLM judge's rubric reward part (rewards/judge.py); for VQA, optionally the judge's
+them (``judged_in_reward`` in rewards/tasks.py: VS, RC) also the semantic similarity to the reference
+(rewards/similarity.py) and the LLM judge's rubric reward part (rewards/judge.py); for VQA (``reasoning``), optionally the judge's
 semantic-alignment verdict; and the configured shaping terms (length, recitation, alignment). Judge calls are
 submitted first (any ``JudgeClient``: a Ray actor's ObjectRefs in actors/reward_worker.py, or a ``JudgeCore`` on a
 thread here) so the judge works while the scorer does the rule-based scoring and the embeddings; it gathers them
@@ -21,17 +21,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union
 
-from data.schema import Instance, task_family
+from data.schema import Instance
 from rewards.assembly import JUDGE, SIMILARITY, TASK, SampleReward, is_caption
 from rewards.config import RewardConfig
 from rewards.judge import JudgeCore, JudgeOutcome
 from rewards.parsing import answer_text
 from rewards.shaping import length_reward, reasoning_text, recitation_reward
+from rewards.tasks import family_of, spec_of
 
 log = logging.getLogger(__name__)
 
-#: Families whose task score is an accuracy (a score of 1 means correct) when task_scores gives no ``correct``.
-_ACCURACY_FAMILIES = ("nap", "sa", "cvs", "vqa", "cls")
 ALIGNMENT = "alignment"
 
 
@@ -170,12 +169,7 @@ class RewardScorer:
         """One ``ScoredSample`` per item, in order. ``iou_threshold``: the curriculum's τ, used when
         ``reward.iou_threshold_reward`` is on. Bad item types raise ``TypeError`` (a caller bug)."""
         batch = [as_item(x, i) for i, x in enumerate(items)]
-        families: list[Optional[str]] = []
-        for it in batch:
-            try:
-                families.append(task_family(it.instance.qa_type))
-            except KeyError:
-                families.append(None)
+        families = [family_of(it.instance) for it in batch]
         t0 = time.monotonic()
 
         # 1. judge requests go out first (for the caption families whose reward uses the judge: VS, RC). The judge
@@ -191,7 +185,7 @@ class RewardScorer:
                     [(batch[i].instance.answer, captions[i]) for i in asked], [families[i] for i in asked])
             except Exception as e:  # noqa: BLE001 - a dead judge must not take the worker down
                 judge_err = f"judge_unavailable: {type(e).__name__}: {e}"
-        align_idx = [i for i, f in enumerate(families) if f == "vqa"] \
+        align_idx = [i for i, it in enumerate(batch) if (sp := spec_of(it.instance)) is not None and sp.reasoning] \
             if self.cfg.semantic_alignment_weight > 0 else []
         align_handle, align_err = None, None
         if self.judge is not None and align_idx:
@@ -284,7 +278,8 @@ class RewardScorer:
             iou = next((comps[k] for k in ("iou", "miou", "mean_iou") if k in comps), None)
         s.iou = _float_or_none(iou)
         correct = getattr(res, "correct", None)
-        if correct is None and family in _ACCURACY_FAMILIES and s.components[TASK] is not None:
+        spec = spec_of(inst)
+        if correct is None and spec is not None and spec.accuracy and s.components[TASK] is not None:
             correct = s.components[TASK] >= 1.0 - 1e-9
         s.correct = None if correct is None else bool(correct)
         if s.components[TASK] is None and not reason:

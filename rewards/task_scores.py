@@ -1,6 +1,6 @@
 """Raw per-task score of one prediction against one reference ``Instance`` (the rule-based part of every reward).
 
-Role: dispatch by ``instance.family`` to the parsers (``rewards/parsing.py``) and metrics (``rewards/metrics.py``)
+Role: score through the instance's ``TaskSpec`` (``rewards/tasks.py``: parser, ground truth, metric, format check)
 and return a ``TaskScore``. MedGRPO: ``score = format gate × task metric``; MedLoc-R1 (``iou_threshold`` given):
 grounding families (tag, stg, box) score ``1[IoU ≥ τ]`` while ``components['iou']`` keeps the IoU.
 Caption families (vs, rc, dvc) set ``needs_judge``: their judge and semantic-similarity parts are added by the
@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from data.schema import GROUNDING_FAMILIES, Instance
+from data.schema import Instance
 from rewards import metrics as M
 from rewards import parsing as P
-
-CAPTION_NEEDS_JUDGE = ("vs", "rc", "dvc")
+from rewards import tasks as T
 
 
 @dataclass
@@ -38,101 +37,19 @@ class TaskScore:
     format_reason: Optional[str] = None
 
 
-_Result = tuple[dict[str, float], Optional[str]]
-
-
-def _first_failure(*parsed: P.Parsed[Any]) -> Optional[str]:
-    for p in parsed:
-        if not p.ok:
-            return p.reason
-    return None
-
-
 def _gt_reason(p: P.Parsed[Any]) -> str:
     r = p.reason or "gt_missing"
     return r if r.startswith("gt_") else f"gt_{r}"
 
 
-def _compare(gt_fn: Callable[[Instance], P.Parsed[Any]], parse_fn: Callable[[Any], P.Parsed[Any]],
-             metric: str, key: str) -> Callable[[Instance, Any], _Result]:
-    """A scorer for tasks whose score is ``rewards.metrics.<metric>(parsed prediction, ground truth)`` (0 when
-    either fails); the metric is looked up at call time."""
-
-    def scorer(inst: Instance, pred: Any) -> _Result:
-        gt = gt_fn(inst)
-        if not gt.ok:
-            return {key: 0.0}, _gt_reason(gt)
-        p = parse_fn(pred)
-        return {key: getattr(M, metric)(p.value, gt.value) if p.ok else 0.0}, p.reason
-
-    return scorer
-
-
-_tag = _compare(P.gt_segments, P.parse_segments, "temporal_iou", "iou")
-_stg = _compare(P.gt_stg_boxes, P.parse_stg, "st_mean_iou", "iou")
-_skill = _compare(P.gt_skill, P.parse_skill, "skill_accuracy", "acc")
-_cvs = _compare(P.gt_cvs, P.parse_cvs, "cvs_accuracy", "acc")
-
-
-def _box(inst: Instance, pred: Any) -> _Result:
-    gt = P.gt_box(inst)
-    if not gt.ok:
-        return {"iou": 0.0}, _gt_reason(gt)
-    p = P.parse_box(pred)
-    if not p.ok:
-        return {"iou": 0.0}, p.reason
-    box = P.scale_box(p.value, gt.value, P.image_size_of(inst))  # type: ignore[arg-type]
-    return {"iou": M.box_iou(box, gt.value)}, None  # type: ignore[arg-type]
-
-
-def _dvc(inst: Instance, pred: Any) -> _Result:
-    gt = P.gt_events(inst)
-    if not gt.ok:
-        return {"f1": 0.0}, _gt_reason(gt)
-    p = P.parse_events(pred)
-    if not p.ok:
-        return {"f1": 0.0}, p.reason
-    segs = [(e.start, e.end) for e in p.value]  # type: ignore[union-attr]
-    return {"f1": M.dvc_f1(segs, [(e.start, e.end) for e in gt.value])}, None  # type: ignore[union-attr]
-
-
-def _caption(inst: Instance, pred: Any) -> _Result:
-    gt = P.gt_caption(inst)
-    if not gt.ok:
-        return {}, _gt_reason(gt)
-    _, r = P.prepare_answer(pred)
-    return {}, r
-
-
-def _label(inst: Instance, pred: Any) -> _Result:
-    gt = P.gt_label(inst)
-    if not gt.ok:
-        return {"acc": 0.0}, _gt_reason(gt)
-    labels = P.labels_for(inst)
-    p = P.parse_label(pred, labels)
-    comps = {"acc": M.label_match(p.value, gt.value) if p.ok else 0.0}
+def _grade_distance(spec: T.TaskSpec, inst: Instance, pred: P.Parsed[Any], ref: Any, labels: Any) -> Optional[float]:
+    """Label steps between prediction and reference, for an ordinal family whose instance says its labels are
+    ordered (struc_info ``ordinal``)."""
     s = inst.struc_info
-    if inst.family == "cls" and isinstance(s, dict) and s.get("ordinal") and labels and p.ok:
-        d = M.grade_distance(p.value, gt.value, labels)  # type: ignore[arg-type]
-        if d is not None:
-            comps["grade_dist"] = float(d)
-    return comps, p.reason
-
-
-def _vqa(inst: Instance, pred: Any) -> _Result:
-    gt = P.gt_choice(inst)
-    if not gt.ok:
-        return {"acc": 0.0}, _gt_reason(gt)
-    p = P.parse_choice(pred, P.choices_for(inst))
-    return {"acc": M.choice_accuracy(p.value, gt.value) if p.ok else 0.0}, p.reason
-
-
-_SCORERS: dict[str, Callable[[Instance, Any], _Result]] = {
-    "tag": _tag, "stg": _stg, "box": _box, "dvc": _dvc, "vs": _caption, "rc": _caption,
-    "nap": _label, "cls": _label, "sa": _skill, "cvs": _cvs, "vqa": _vqa,
-}
-_METRIC = {"tag": "iou", "stg": "iou", "box": "iou", "dvc": "f1", "nap": "acc", "cls": "acc", "sa": "acc",
-           "cvs": "acc", "vqa": "acc"}
+    if not (spec.ordinal and isinstance(s, dict) and s.get("ordinal") and labels and pred.ok):
+        return None
+    d = M.grade_distance(pred.value, ref, labels)
+    return None if d is None else float(d)
 
 
 def score(instance: Instance, prediction: Any, *, iou_threshold: Optional[float] = None,
@@ -146,14 +63,23 @@ def score(instance: Instance, prediction: Any, *, iou_threshold: Optional[float]
     if iou_threshold is not None and not (isinstance(iou_threshold, (int, float))
                                           and math.isfinite(iou_threshold) and 0.0 <= iou_threshold <= 1.0):
         raise ValueError(f"iou_threshold={iou_threshold!r} must be a number in [0, 1] or None")
-    fam = P.family_of(instance)
-    if fam is None or fam not in _SCORERS:
+    spec = T.spec_of(instance)
+    fam = T.family_of(instance)
+    if spec is None:
         return TaskScore(0.0, {"format": 0.0}, False, "unknown_qa_type", False, fam, "unknown_qa_type")
-    comps, reason = _SCORERS[fam](instance, prediction)
-    labels = P.labels_for(instance) if fam in ("nap", "cls") else None
-    choices = P.choices_for(instance) if fam == "vqa" else None
-    fmt_reason = P.format_problem(fam, prediction, labels=labels, choices=choices)
-    if require_think or fam == "vqa":
+    zero = {spec.score_key: 0.0} if spec.score_key else {}
+    offered = spec.offered_of(instance)
+    gt = spec.ground_truth(instance)
+    if not gt.ok:
+        comps, reason = dict(zero), _gt_reason(gt)
+    else:
+        p = spec.parse(prediction, offered)
+        comps, reason = (spec.metric(p.value, gt.value, instance) if p.ok else dict(zero)), p.reason
+        grade = _grade_distance(spec, instance, p, gt.value, offered)
+        if grade is not None:
+            comps["grade_dist"] = grade
+    fmt_reason = T.format_problem(fam, prediction, **({spec.offered: offered} if spec.offered else {}))
+    if require_think or spec.reasoning:
         think_reason = P.think_answer_problem(prediction)
         comps["think_format"] = 0.0 if think_reason else 1.0
         if require_think and fmt_reason is None and think_reason is not None:
@@ -164,11 +90,10 @@ def score(instance: Instance, prediction: Any, *, iou_threshold: Optional[float]
         if not (isinstance(v, (int, float)) and math.isfinite(v)):
             comps[k] = 0.0
             reason = reason or "non_finite"
-    metric_key = _METRIC.get(fam)
-    value = comps.get(metric_key, 0.0) if metric_key else 0.0
-    if iou_threshold is not None and fam in GROUNDING_FAMILIES:
+    value = comps.get(spec.score_key, 0.0) if spec.score_key else 0.0
+    if iou_threshold is not None and spec.grounding:
         value = 1.0 if comps.get("iou", 0.0) >= iou_threshold else 0.0
     if format_gate and not fmt_ok:
         value = 0.0
     value = min(1.0, max(0.0, float(value)))
-    return TaskScore(value, comps, fmt_ok, reason, fam in CAPTION_NEEDS_JUDGE, fam, fmt_reason)
+    return TaskScore(value, comps, fmt_ok, reason, spec.caption, fam, fmt_reason)

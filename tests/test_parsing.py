@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from data.schema import Instance
 from rewards import parsing as P
+from rewards import tasks as T
 
 FAMILY_OF_EXAMPLE = {"tal": "tag", "stg": "stg", "dense_captioning_gpt": "dvc", "dense_captioning_gemini": "dvc",
                      "video_summary_gpt": "vs", "video_summary_gemini": "vs", "region_caption_gpt": "rc",
@@ -46,7 +47,7 @@ def test_every_real_example_parses_to_hand_read_values(examples):
 def test_every_real_reference_answer_passes_its_format_check(examples, qa_type):
     ex = examples[qa_type]
     labels = P.labels_from_question(ex["question"])
-    assert P.format_problem(FAMILY_OF_EXAMPLE[qa_type], ex["answer"], labels=labels) is None
+    assert T.format_problem(FAMILY_OF_EXAMPLE[qa_type], ex["answer"], labels=labels) is None
 
 
 # ---------------------------------------------------------------- TAG
@@ -78,10 +79,10 @@ def test_parse_segments_failures(text, reason):
 
 
 def test_tag_format_is_strict_about_prose():
-    assert P.format_problem("tag", "22.0-78.0, 89.0-94.0 seconds.") is None
-    assert P.format_problem("tag", "from 22 to 78 seconds") is None
-    assert P.format_problem("tag", "The action happens at 22-78 seconds.") == "extra_text"
-    assert P.format_problem("tag", "22.0-78.0, 30-10 seconds") == "bad_segment"
+    assert T.format_problem("tag", "22.0-78.0, 89.0-94.0 seconds.") is None
+    assert T.format_problem("tag", "from 22 to 78 seconds") is None
+    assert T.format_problem("tag", "The action happens at 22-78 seconds.") == "extra_text"
+    assert T.format_problem("tag", "22.0-78.0, 30-10 seconds") == "bad_segment"
 
 
 # ---------------------------------------------------------------- STG
@@ -105,8 +106,8 @@ def test_parse_stg_failures_and_drops():
     assert P.parse_stg("1.0 seconds: [30, 2, 10, 4]").reason == "bad_box"
     p = P.parse_stg("1.0 s: [1, 2, 3, 4] 1.0 s: [5, 6, 7, 8] 2.0 s: [9, 9, 1, 1]")
     assert p.value == {1.0: (1, 2, 3, 4)} and p.dropped == 2  # repeated time and reversed box
-    assert P.format_problem("stg", "1.0 s: [1, 2, 3, 4] 1.0 s: [5, 6, 7, 8]") == "bad_box"
-    assert P.format_problem("stg", "At 3 seconds the forceps are at [10, 20, 30, 40].") == "extra_text"
+    assert T.format_problem("stg", "1.0 s: [1, 2, 3, 4] 1.0 s: [5, 6, 7, 8]") == "bad_box"
+    assert T.format_problem("stg", "At 3 seconds the forceps are at [10, 20, 30, 40].") == "extra_text"
 
 
 # ---------------------------------------------------------------- image box
@@ -118,7 +119,7 @@ def test_parse_box_forms_and_scaling():
     assert P.parse_box("The polyp is at (10 20 110 220)").value == (10, 20, 110, 220)
     assert P.parse_box("[110, 20, 10, 220]").reason == "bad_box"
     assert P.parse_box("somewhere left").reason == "no_boxes"
-    assert P.format_problem("box", "[1, 2, 3, 4] and [5, 6, 7, 8]") == "several_boxes"
+    assert T.format_problem("box", "[1, 2, 3, 4] and [5, 6, 7, 8]") == "several_boxes"
     # fractions scale by the image size only when the reference is in pixels and the size is known
     assert P.scale_box((0.1, 0.2, 0.5, 1.0), (10, 20, 50, 100), (200.0, 100.0)) == (20.0, 20.0, 100.0, 100.0)
     assert P.scale_box((0.1, 0.2, 0.5, 1.0), (10, 20, 50, 100), None) == (0.1, 0.2, 0.5, 1.0)
@@ -139,9 +140,9 @@ def test_parse_events_multi_line_and_single_line():
     assert one == [P.Event(1.0, 2.0, "a b c"), P.Event(3.0, 4.0, "d e f")]
     assert P.parse_events("Nothing happens.").reason == "no_events"
     assert P.parse_events("9-3 seconds: backwards").reason == "bad_event"
-    assert P.format_problem("dvc", "Here are the events: 1-2 seconds: a b c") == "extra_text"
-    assert P.format_problem("dvc", "Between 1 and 2 s nothing. 3-4 seconds: a b c") == "extra_text"
-    assert P.format_problem("dvc", "1-2 seconds: a b c. 3-4 seconds:") == "empty_caption"
+    assert T.format_problem("dvc", "Here are the events: 1-2 seconds: a b c") == "extra_text"
+    assert T.format_problem("dvc", "Between 1 and 2 s nothing. 3-4 seconds: a b c") == "extra_text"
+    assert T.format_problem("dvc", "1-2 seconds: a b c. 3-4 seconds:") == "empty_caption"
 
 
 # ---------------------------------------------------------------- CVS and skill
@@ -162,7 +163,7 @@ def test_parse_cvs_failures():
     assert P.parse_cvs("Two structures: 2, Cystic plate: 1").reason == "missing_criterion"
     assert P.parse_cvs("Two structures: 3, Cystic plate: 1, Hepatocystic triangle: 0").reason == "bad_score"
     assert P.parse_cvs("Two structures, Cystic plate: 1, Hepatocystic triangle: 0").reason == "missing_criterion"
-    assert P.format_problem("cvs", "The CVS scores are: Two structures: 2, Cystic plate: 1, "
+    assert T.format_problem("cvs", "The CVS scores are: Two structures: 2, Cystic plate: 1, "
                                    "Hepatocystic triangle: 0") == "extra_text"
 
 
@@ -190,8 +191,8 @@ def test_labels_and_label_picking():
     assert P.parse_label("cutting", labels).reason == "no_label"
     assert P.parse_label("Cutting!", None).value == "cutting"
     assert P.labels_from_question("What comes next?") == []
-    assert P.format_problem("nap", "The next action is tying", labels=labels) == "not_a_label"
-    assert P.format_problem("nap", "tying", labels=labels) is None
+    assert T.format_problem("nap", "The next action is tying", labels=labels) == "not_a_label"
+    assert T.format_problem("nap", "tying", labels=labels) is None
     many = "continuous suturing " * 5_000
     start = time.perf_counter()
     assert P.parse_label(many, labels).value == "continuous suturing"
@@ -219,9 +220,9 @@ def test_parse_choice_failures_and_format():
     assert P.parse_choice("Edema or pneumonia", CHOICES).reason == "ambiguous_choice"
     assert P.parse_choice("F", None).value == "F"  # without options any letter is allowed
     assert P.choice_texts({"B": "Pneumonia", "A": "Edema"}) == ["Edema", "Pneumonia"]
-    assert P.format_problem("vqa", "B", choices=CHOICES) is None
-    assert P.format_problem("vqa", "Answer: B", choices=CHOICES) is None
-    assert P.format_problem("vqa", "I think it shows a pleural effusion", choices=CHOICES) == "extra_text"
+    assert T.format_problem("vqa", "B", choices=CHOICES) is None
+    assert T.format_problem("vqa", "Answer: B", choices=CHOICES) is None
+    assert T.format_problem("vqa", "I think it shows a pleural effusion", choices=CHOICES) == "extra_text"
 
 
 # ---------------------------------------------------------------- tags
@@ -242,8 +243,8 @@ def test_extract_answer_and_think_format():
 
 
 def test_caption_format():
-    assert P.format_problem("vs", "Forceps retract tissue.") is None
-    assert P.format_problem("rc", "Forceps.") == "too_short"
+    assert T.format_problem("vs", "Forceps retract tissue.") is None
+    assert T.format_problem("rc", "Forceps.") == "too_short"
 
 
 # ---------------------------------------------------------------- ground truth from Instance
@@ -286,7 +287,7 @@ def test_gt_stg_and_others_from_struc_info():
     assert P.gt_label(cls).value == "grade 2" and P.labels_for(cls) == ["grade 1", "grade 2"]
     assert P.gt_caption(inst("video_summary_gpt", answer="  text ")).value == "text"
     assert P.gt_caption(inst("video_summary_gpt")).reason == "gt_missing"
-    assert P.family_of(inst("not_a_task")) is None
+    assert T.family_of(inst("not_a_task")) is None
 
 
 # ---------------------------------------------------------------- robustness
@@ -309,7 +310,7 @@ def test_parsers_never_raise_and_reasons_are_known(text):
         assert (p.value is not None) if p.ok else (p.value is None)
         assert p.reason is None or p.reason in _KNOWN
     for fam in _FAMILIES:
-        r = P.format_problem(fam, text, labels=["a"] if fam == "nap" else None, choices=CHOICES)
+        r = T.format_problem(fam, text, labels=["a"] if fam == "nap" else None, choices=CHOICES)
         assert r is None or r in _KNOWN
     assert P.think_answer_problem(text) in (None, "bad_tags", "text_outside_tags", "empty_answer", "not_text")
 
@@ -323,7 +324,7 @@ def test_parsers_are_fast_and_safe_on_huge_inputs(text):
     for parse in _PARSERS:
         parse(text)
     for fam in _FAMILIES:
-        P.format_problem(fam, text)
+        T.format_problem(fam, text)
     assert time.perf_counter() - start < 3.0
 
 
@@ -388,7 +389,7 @@ def test_gt_from_every_synthetic_struc_shape_matches_the_answer():
     for level in ("novice", "intermediate", "expert"):
         spec = S.make_video_spec(f"v-{level}", profile, "train", 0, level)
         for qa_type, make in S.VIDEO_TASKS.items():
-            fam = P.family_of(inst(qa_type))
+            fam = T.family_of(inst(qa_type))
             if fam not in gt_fns:
                 continue
             task = make(spec, profile, np.random.default_rng(0))

@@ -6,7 +6,7 @@ from actors.rollout import RolloutWorker
 from cluster.config import load_config
 from data.reader import read_instances
 from learner.deepspeed_learner import DeepSpeedLearner, build_sft_batch
-from rewards.parsing import format_problem
+from rewards.tasks import format_problem
 
 
 def test_sft_lowers_loss_and_teaches_the_format(synth_dir, tiny_model_dir):
