@@ -675,24 +675,24 @@ def _residue(t: str, spans: Sequence[tuple[int, int]], filler: re.Pattern[str]) 
 # ``rewards.tasks.format_problem`` picks the check of an instance's task family.
 
 
-def segments_format(t: str) -> Optional[str]:
-    """tag: segments only."""
-    p = parse_segments(t)
+def _only_items(t: str, p: Parsed[Any], bad: str, spans: Sequence[tuple[int, int]],
+                filler: re.Pattern[str]) -> Optional[str]:
+    """The parse failed, dropped an item (``bad``), or left text beside the items and their filler."""
     if not p.ok:
         return p.reason
     if p.dropped:
-        return "bad_segment"
-    return "extra_text" if _residue(t, [m.span() for m, _ in _seg_matches(t)], _TAG_FILLER_RE) else None
+        return bad
+    return "extra_text" if _residue(t, spans, filler) else None
+
+
+def segments_format(t: str) -> Optional[str]:
+    """tag: segments only."""
+    return _only_items(t, parse_segments(t), "bad_segment", [m.span() for m, _ in _seg_matches(t)], _TAG_FILLER_RE)
 
 
 def stg_format(t: str) -> Optional[str]:
     """stg: every box has a time, nothing else."""
-    p = parse_stg(t)
-    if not p.ok:
-        return p.reason
-    if p.dropped:
-        return "bad_box"
-    return "extra_text" if _residue(t, [m.span() for m, _ in _box_matches(t)], _STG_FILLER_RE) else None
+    return _only_items(t, parse_stg(t), "bad_box", [m.span() for m, _ in _box_matches(t)], _STG_FILLER_RE)
 
 
 def events_format(t: str) -> Optional[str]:
@@ -707,22 +707,22 @@ def events_format(t: str) -> Optional[str]:
     return "empty_caption" if any(not e.caption for e in p.value or []) else None
 
 
-def cvs_format(t: str) -> Optional[str]:
-    """cvs: the template's keys with valid scores only."""
-    p = parse_cvs(t)
+def _template_format(t: str, p: Parsed[Any], scan: Any) -> Optional[str]:
+    """The parse failed, or text is left beside the template's keys and scores (``scan``: their spans)."""
     if not p.ok:
         return p.reason
-    _, spans = _cvs_scan(t)
+    _, spans = scan(t)
     return "extra_text" if _residue(t, spans, _PUNCT_FILLER_RE) else None
+
+
+def cvs_format(t: str) -> Optional[str]:
+    """cvs: the template's keys with valid scores only."""
+    return _template_format(t, parse_cvs(t), _cvs_scan)
 
 
 def skill_format(t: str) -> Optional[str]:
     """sa: the template's keys with valid scores only."""
-    p = parse_skill(t)
-    if not p.ok:
-        return p.reason
-    _, spans = _sa_scan(t)
-    return "extra_text" if _residue(t, spans, _PUNCT_FILLER_RE) else None
+    return _template_format(t, parse_skill(t), _sa_scan)
 
 
 def label_format(t: str, labels: Optional[Sequence[str]] = None) -> Optional[str]:
