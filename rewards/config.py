@@ -49,7 +49,6 @@ class RewardConfig:
     length_mode: str = choice("none", *LENGTH_MODES)
     length_target: int = bounded(256, 1)
     length_weight: float = bounded(0.0, 0.0)
-    graded_ordinal: bool = False  # VRFT-Aug multi-grade fuzzy reward
     recitation_coef: float = 0.0  # VRFT-Aug: negative penalises BLEU to the injected knowledge
     semantic_alignment_weight: float = bounded(0.0, 0.0)  # medical VQA: judge verdict on the reasoning
     iou_threshold_reward: bool = False  # MedLoc-R1: r = 1[IoU >= tau] for grounding
