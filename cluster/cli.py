@@ -1,4 +1,4 @@
-"""The `medgrpo` command line: config, synth, tiny-model, to-parquet, eval, train, resume, demo, mlflow-ui.
+"""The `medgrpo` command line: config, synth, tiny-model, to-parquet, eval, train, resume, demo, report, mlflow-ui.
 
 Every subcommand imports what it needs lazily so `medgrpo config` stays fast and needs no Ray or torch.
 """
@@ -92,6 +92,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from cluster.demo import run_demo
 
     return run_demo(args.overrides)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from cluster.report import render_report
+
+    try:
+        result = render_report(args.run_dir, args.out)
+    except FileNotFoundError as e:
+        print(f"medgrpo report: error: {e}", file=sys.stderr)
+        return 2
+    for name, path in result["drawn"].items():
+        print(f"{name}: {path}")
+    for m in result["missing"]:
+        print(f"not drawn: {m}")
+    return 0
 
 
 def run_tracking_uri(run_dir: str | Path) -> str:
@@ -198,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the CPU demo: synthetic data, tiny model, SFT then GRPO, before/after table")
     d.add_argument("overrides", nargs="*")
     d.set_defaults(fn=_cmd_demo)
+
+    rp = sub.add_parser("report", help="PNG plots of a run (reward per source, tau, SFT loss, eval vs baselines)")
+    rp.add_argument("run_dir")
+    rp.add_argument("--out", help="folder for the PNGs (default RUN_DIR/report)")
+    rp.set_defaults(fn=_cmd_report)
 
     m = sub.add_parser("mlflow-ui", help="serve the MLflow UI on a run's tracking store (127.0.0.1 by default)")
     m.add_argument("run_dir", nargs="?", default="runs/demo", help="a run directory written by `medgrpo train`")
