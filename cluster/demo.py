@@ -43,6 +43,23 @@ def demo_table(baseline: dict[str, Any], before: dict[str, Any], after: dict[str
     return "\n".join(lines)
 
 
+# 48 training and 16 eval rows per task (balanced classes: 3 next actions, 4 CVS classes, 3 skill levels); the
+# demo trains no image task
+SYNTH_ARGS = {"n_per_task": 48, "n_eval_per_task": 16, "n_images_per_task": 0, "n_eval_images_per_task": 0}
+
+
+def _current_synth(synth_dir: Path, seed: int) -> bool:
+    """Whether ``synth_dir`` holds this generator version's data for ``SYNTH_ARGS`` and ``seed``."""
+    from data.synthetic import GENERATOR_VERSION, load_manifest
+
+    try:
+        m = load_manifest(synth_dir)
+    except (OSError, ValueError):
+        return False
+    return (m.get("version") == GENERATOR_VERSION and m.get("seed") == seed and not m.get("blind")
+            and all(m["args"].get(k) == v for k, v in SYNTH_ARGS.items()))
+
+
 def _commit() -> str:
     """The checkout's commit (with ``+dirty`` when it has local changes), or ``unknown``."""
     import subprocess
@@ -67,8 +84,8 @@ def run_demo(overrides: Optional[Sequence[str]] = None) -> int:
     cfg = load_config("cpu_demo", list(overrides or []))
     synth_dir = Path(cfg.data.train_files[0]).parent
     t0 = time.perf_counter()
-    if not (synth_dir / "manifest.json").exists():
-        generate(str(synth_dir), seed=cfg.seed)
+    if not _current_synth(synth_dir, cfg.seed):
+        generate(str(synth_dir), seed=cfg.seed, **SYNTH_ARGS)
         print(f"[demo] synthetic MedVidBench written to {synth_dir} ({time.perf_counter() - t0:.1f} s)")
     if not (Path(cfg.model.path) / "config.json").exists():
         from data.reader import read_instances

@@ -666,8 +666,8 @@ def make_video_spec(video_id: str, profile: SourceProfile, split: str, seed: int
                     cvs_class: Optional[int] = None) -> VideoSpec:
     """A random clip of consecutive procedure steps (seeded by ``seed`` and ``video_id``).
 
-    ``next_index``: the procedure step that follows the clip (``NEXT_INDICES``; random when None), so the next
-    action is the step after the last instrument drawn. ``cvs_class``: the class (0-3, ``rewards.metrics.cvs_class``
+    ``next_index``: the procedure step that follows the clip (random when None); the clip then shows the two
+    steps before it, so the next action follows from which instruments are drawn and not from the clip's length. ``cvs_class``: the class (0-3, ``rewards.metrics.cvs_class``
     of the summed score) the drawn anatomy shows (random criteria when None)."""
     rng = _rng(seed, "video", video_id)
     proc = profile.procedure
@@ -679,8 +679,8 @@ def make_video_spec(video_id: str, profile: SourceProfile, split: str, seed: int
         if next_index is None:
             n_steps = int(rng.integers(2, min(4, len(proc) - 1) + 1))
             first = int(rng.integers(0, len(proc) - n_steps))  # the step after the clip always exists
-        else:
-            n_steps = int(rng.integers(2, min(4, next_index) + 1))
+        else:  # always two steps: the clip's length (which the video's frame count shows) says nothing of the class
+            n_steps = 2
             first = next_index - n_steps
         plan: list[tuple[str, float, float]] = []
         t = _grid(float(rng.uniform(0.0, 1.0))) if rng.random() < 0.5 else 0.0
