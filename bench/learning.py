@@ -176,7 +176,7 @@ def prepare(out: Path, seed: int = 0) -> None:
         generate(str(synth), seed=seed, **SYNTH_ARGS)
     if not (Path(cfg.model.path) / "config.json").exists():
         from data.reader import read_instances
-        from learner.tiny_model import build_tiny_model
+        from data.tiny_model import build_tiny_model
 
         corpus = []
         for f in sorted(synth.glob("*.jsonl")):

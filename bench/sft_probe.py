@@ -14,7 +14,7 @@ from actors.rollout import RolloutWorker
 from cluster.config import load_config
 from data.reader import read_instances
 from learner.deepspeed_learner import DeepSpeedLearner, build_sft_batch
-from learner.tiny_model import build_tiny_model
+from data.tiny_model import build_tiny_model
 from rewards.leaderboard import evaluate
 from rewards.baselines import baseline_table
 
