@@ -79,6 +79,9 @@ class TrainConfig:
     keep_checkpoints: int = bounded(2, 1)
     eval_every: int = bounded(0, 0)
     resume: str = "never"  # never | auto | a checkpoint directory
+    # A fresh run (resume=never) into a run_dir holding another run's state: false stops with the ways out,
+    # true deletes that state first (cluster.run_dir). Ignored when resuming.
+    overwrite: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

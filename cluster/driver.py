@@ -20,7 +20,8 @@ import torch
 
 from cluster.checkpoints import CheckpointManager
 from cluster.config import TrainConfig, load_config, to_flat_dict, to_yaml
-from cluster.tracking import Progress, Tracker, resolve_tracking_uri, write_jsonl
+from cluster.run_dir import claim
+from cluster.tracking import Progress, Tracker, progress_fields, resolve_tracking_uri, write_jsonl
 from common.files import read_json, write_json
 from data.schema import Instance
 from learner.deepspeed_learner import LearnerError
@@ -68,13 +69,19 @@ def connect_ray(cfg: TrainConfig) -> Any:
     if address:
         ray.init(address=address, namespace="medgrpo", log_to_driver=True)
     else:
+        from cluster import console
+
+        console.quiet_driver()
         repo = str(Path(__file__).resolve().parent.parent)
         env = {k: os.environ[k] for k in ("DS_ACCELERATOR", "MLFLOW_ALLOW_FILE_STORE", "HF_HUB_OFFLINE")
                if k in os.environ}
+        env.update({k: os.environ.get(k, v) for k, v in console.RAY_ENV.items()})
         env["PYTHONPATH"] = repo + os.pathsep + os.environ.get("PYTHONPATH", "")
         ray.init(namespace="medgrpo", num_cpus=cfg.cluster.num_cpus, dashboard_host=cfg.cluster.dashboard_host,
                  include_dashboard=os.environ.get("MEDGRPO_DASHBOARD", "1") == "1",
-                 runtime_env={"env_vars": env}, log_to_driver=True)
+                 runtime_env={"env_vars": env, "worker_process_setup_hook": console.SETUP_HOOK}, log_to_driver=True)
+        for line in console.start_notes():
+            print(line, flush=True)
     return ray
 
 
@@ -84,7 +91,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # before Ray starts: a folder holding another run's state, or a foreign checkpoint, is refused at no cost
+        self.run_id = claim(self.run_dir, cfg.resume, cfg.overwrite)
         self.ray = connect_ray(cfg)
         self.timeout = cfg.cluster.get_timeout_s
         self.global_step = 0
@@ -93,7 +101,7 @@ class Trainer:
         self.weight_version = 0
         self._resume_pending: list[Instance] = []
         self._judge_wait_seen = 0.0  # cumulative reward_worker/judge_wait_s at the last step
-        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.keep_checkpoints)
+        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.keep_checkpoints, run_id=self.run_id)
         self._load_data()
         self._start_actors()
         resume_from = self._resume_point()
@@ -109,6 +117,7 @@ class Trainer:
             self.tracker.log_params(to_flat_dict(cfg))
             self.tracker.log_artifact(self.run_dir / "config.yaml")
         self.tracker.set_tag("run_dir", str(self.run_dir.resolve()))
+        self.tracker.set_tag("medgrpo_run_id", self.run_id)
         skipped = {f"data/skipped/{k}": v for k, v in self.data_skipped.items()}
         skipped.update({f"data/eval_skipped/{k}": v for k, v in self.eval_skipped.items()})
         skipped["data/train_instances"] = len(self.train_instances)
@@ -184,13 +193,16 @@ class Trainer:
         write_json(tmp / "driver_state.json", {
             "global_step": self.global_step, "stage_index": self.stage_index, "stage_step": self.stage_step,
             "weight_version": self.weight_version, "sampler": self.sampler.state_dict(),
-            "mlflow_run_id": self.tracker.run_id,
+            "run_id": self.run_id, "mlflow_run_id": self.tracker.run_id,
             "pending_prompts": [p.uid for p in pending.prompts] if pending is not None else [],
             "rng": {"python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
                     "numpy": np.random.get_state()[1].tolist(), "numpy_pos": int(np.random.get_state()[2]),
                     "torch": torch.get_rng_state().tolist()},
         })
-        path = self.ckpt.commit(tmp, self.global_step)
+        return self.ckpt.commit(tmp, self.global_step, before_prune=self._log_checkpoint)
+
+    def _log_checkpoint(self, path: Path) -> None:
+        """A just-committed checkpoint's artifacts, logged before pruning may remove anything."""
         self.tracker.set_tag("last_checkpoint", str(path.resolve()))
         self.tracker.log_artifact(path / "normalizer_table.json", "normalizer")
         rollouts = self.run_dir / "rollouts.jsonl"
@@ -198,7 +210,6 @@ class Trainer:
             self.tracker.log_artifact(rollouts, "rollouts")
         if self.cfg.tracking.log_checkpoints:
             self.tracker.log_artifact(path, f"checkpoints/{path.name}")
-        return path
 
     def _restore(self, path: Path) -> None:
         state = read_json(path / "driver_state.json")
@@ -247,9 +258,7 @@ class Trainer:
                         metrics.get(f"time/{k}_s", 0.0) for k in WAITED_PHASES)
                     metrics["stage/index"] = self.stage_index
                     self.tracker.log_metrics(metrics, step=self.global_step)
-                    progress.update(step=self.global_step, stage=stage.name,
-                                    reward=metrics.get("reward/raw_mean", metrics.get("loss/sft", float("nan"))),
-                                    tok_s=metrics.get("throughput/tokens_per_s", 0.0))
+                    progress.update(stage.name, **progress_fields(stage.kind, metrics))
                     last = metrics
                     if self.cfg.eval_every and self.global_step % self.cfg.eval_every == 0:
                         self.tracker.log_metrics(self.evaluate(prefix="eval/"), step=self.global_step)

@@ -1,5 +1,8 @@
 """Tracking: one MLflow run per job (batched metric logging), Ray dashboard gauges, and a console progress bar.
 
+An artifact that cannot be logged (a missing file, an unreachable store) is a logged warning counted in MLflow
+as ``tracking/artifact_failures``, never the end of a training run.
+
 MLflow calls go through ``MlflowClient.log_batch`` once per step: over HTTP a call costs ~56 ms, so one
 call per metric would dominate a fast step. API keys never reach params: the config holds only the *name* of
 the environment variable that holds a key, and ``redact`` masks anything that looks like a secret anyway.
@@ -7,12 +10,15 @@ the environment variable that holds a key, and ``redact`` masks anything that lo
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
 import time
 from pathlib import Path
 from typing import Any, Optional
+
+log = logging.getLogger("medgrpo")
 
 _SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password)(?!_env)", re.I)
 _SECRET_VALUE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{8,}|hf_[A-Za-z0-9]{8,})\b")
@@ -53,7 +59,10 @@ class Tracker:
             run = self.client.create_run(exp_id, run_name=run_name)
             run_id = run.info.run_id
         self.run_id = run_id
-        self.experiment_id = self.client.get_run(run_id).info.experiment_id
+        run = self.client.get_run(run_id)
+        self.experiment_id = run.info.experiment_id
+        self.artifact_failures = int(run.data.metrics.get(self.ARTIFACT_FAILURES, 0))  # a resumed run counts on
+        self._step = 0  # the last step metrics were logged at
         self._mlflow = mlflow
         self._gauges: dict[str, Any] = {}
         self._ray_metrics = ray_metrics
@@ -70,6 +79,7 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
+        self._step = step
         ts = int(time.time() * 1000)
         items = [Metric(_clean(k), float(v), ts, step) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
@@ -78,8 +88,27 @@ class Tracker:
         if self._ray_metrics:
             self._set_gauges(metrics)
 
-    def log_artifact(self, path: str | Path, artifact_path: Optional[str] = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+    ARTIFACT_FAILURES = "tracking/artifact_failures"
+
+    def log_artifact(self, path: str | Path, artifact_path: Optional[str] = None) -> bool:
+        """Copy a file or folder into the run's artifacts; True when it was. A failure is a warning counted in
+        ``tracking/artifact_failures`` (the last one's reason in the ``artifact_failure`` tag), never raised."""
+        try:
+            if not Path(path).exists():
+                raise FileNotFoundError(f"{path} does not exist")
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            return True
+        except Exception as e:  # an artifact is a copy for browsing: losing one must not end a training run
+            self.artifact_failures += 1
+            reason = f"{type(e).__name__}: {e}"[:500]
+            log.warning("artifact %s not logged to MLflow (%s); the run goes on (%s=%d)", path, reason,
+                        self.ARTIFACT_FAILURES, self.artifact_failures)
+            try:
+                self.log_metrics({self.ARTIFACT_FAILURES: self.artifact_failures}, step=self._step)
+                self.set_tag("artifact_failure", f"{path}: {reason}")
+            except Exception as e2:  # the store itself is down: the log line above is all there is
+                log.warning("MLflow unreachable while counting an artifact failure: %s", e2)
+            return False
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
@@ -118,22 +147,37 @@ def _clean(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-. /:]", "_", key)
 
 
-class Progress:
-    """A one-line console progress bar: step, reward, throughput, ETA (no extra dependency beyond tqdm)."""
+def progress_fields(kind: str, metrics: dict[str, float]) -> dict[str, float]:
+    """What the progress bar shows for a step of a stage of ``kind``: SFT its loss, GRPO its mean raw reward and
+    generation throughput."""
+    if kind == "sft":
+        return {"loss": metrics.get("loss/sft", float("nan"))}
+    return {"reward": metrics.get("reward/raw_mean", float("nan")),
+            "tok/s": metrics.get("throughput/tokens_per_s", 0.0)}
 
-    def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "grpo") -> None:
+
+class Progress:
+    """A one-line console progress bar over the job's steps, labelled with the running stage:
+    ``sft step 12/340 |███      | [00:10<04:30, loss=5.2]`` (tqdm, no extra dependency)."""
+
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "step") -> None:
         self.bar = None
+        self.stage = ""
         if enabled:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
-                            bar_format="{desc} {n_fmt}/{total_fmt} |{bar:20}| {postfix} [{elapsed}<{remaining}]")
+                            bar_format="{desc} {n_fmt}/{total_fmt} |{bar:20}| [{elapsed}<{remaining}{postfix}]")
 
-    def update(self, **fields: float) -> None:
+    def update(self, stage: str, **fields: float) -> None:
+        """One step of ``stage`` done; ``fields`` (name=value) replace the ones shown."""
         if self.bar is None:
             return
-        self.bar.set_postfix({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in fields.items()},
-                             refresh=False)
+        if stage != self.stage:
+            self.stage = stage
+            self.bar.set_description_str(f"{stage} step", refresh=False)
+        self.bar.set_postfix_str(", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                           for k, v in fields.items()), refresh=False)
         self.bar.update(1)
 
     def close(self) -> None:
