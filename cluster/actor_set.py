@@ -111,17 +111,21 @@ class ActorSet:
                              "tensor_parallel_size": r.tensor_parallel_size,
                              "enable_sleep_mode": r.enable_sleep_mode, "seed": cfg.seed})
             for i in range(r.num_actors)]
+        if cfg.cluster.colocate:  # vLLM sizes its memory from what is free: start it before the learner takes any
+            ray.get([a.ping.remote() for a in self.rollouts], timeout=self.timeout)
         learner_plan = self.reservation.plans.get("learner")
         self.learner = LearnerGroup(cfg, placement_group=self.reservation.placement_group("learner"),
                                     bundle_indices=[b for _, b in learner_plan.slots] if learner_plan else None)
         ray.get([a.ping.remote() for a in self.rollouts], timeout=self.timeout)
         self.dead: set[int] = set()  # rollout actors whose restarts are used up
         self.version = 0
+        self._sync_group = False  # rollout.weight_path=nccl: the learner and the engines have joined the group
 
     # -- rollouts ------------------------------------------------------------------------------------------
     def _submit(self, method: str, instances: list[Instance], **kwargs: Any) -> PendingRollouts:
         """Split ``instances`` across the live rollout actors (contiguous shares, so results keep their order).
-        ``generate`` gets a distinct ``seed`` per share: ``seed`` + the share's offset."""
+        ``generate`` gets a distinct ``seed`` per share: ``seed`` + the share's offset x ``n`` (the vllm backend seeds
+        prompt i of a share ``seed + i * n``, so every sample of the step has its own stream)."""
         live = [i for i in range(len(self.rollouts)) if i not in self.dead]
         if not live:
             raise RuntimeError("every rollout actor is dead (cluster.max_actor_restarts used up); the run stops")
@@ -130,7 +134,7 @@ class ActorSet:
             if part:
                 kw = dict(kwargs)
                 if "seed" in kw:
-                    kw["seed"] += offset
+                    kw["seed"] += offset * int(kw.get("n", 1))
                 shares.append(_Share(i, method, part, kw, getattr(self.rollouts[i], method).remote(part, **kw),
                                      self.version))
             offset += len(part)
@@ -259,12 +263,35 @@ class ActorSet:
         self.learner.set_lr(lr)
 
     def push_weights(self, timeout: float) -> int:
+        if self.cfg.rollout.weight_path == "nccl":
+            return self._broadcast_weights(timeout)
         handle = self.learner.get_weights()
         versions = ray.get([a.apply_weights.remote(handle.ref) for a in self.rollouts], timeout=timeout)
         if any(v != handle.version for v in versions):
             raise RuntimeError(f"weight sync: rollout actors report versions {versions}, sent {handle.version}")
         self.version = handle.version
         return handle.version
+
+    def _broadcast_weights(self, timeout: float) -> int:
+        """``rollout.weight_path=nccl``: learner rank 0 broadcasts to every engine's worker extension (the group is
+        joined on the first push). A rollout actor restarted by Ray is outside the group (``_revive`` gives it the
+        object-store payload), so the next broadcast times out: use object_store where restarts must be survived."""
+        world = 1 + len(self.rollouts)
+        if not self._sync_group:
+            addr, port = self.learner.weight_sync_address()
+            backend = "nccl" if self.cfg.rollout.num_gpus > 0 else "gloo"
+            joins = self.learner.init_weight_sync(addr, port, world, backend)
+            joins += [a.init_weight_sync.remote(addr, port, 1 + i, world, backend, self.timeout)
+                      for i, a in enumerate(self.rollouts)]
+            ray.get(joins, timeout=timeout)
+            self._sync_group = True
+        sent = self.learner.broadcast_weights()
+        got = ray.get([a.receive_weights.remote() for a in self.rollouts], timeout=timeout)
+        version = int(self.learner.wait(sent, "weight broadcast")[0])
+        if any(v != version for v in got):
+            raise RuntimeError(f"weight broadcast: rollout actors report versions {got}, sent {version}")
+        self.version = version
+        return version
 
     # -- state ---------------------------------------------------------------------------------------------
     def save_state(self, path: Path) -> None:

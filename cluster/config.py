@@ -129,6 +129,12 @@ def _check_semantics(cfg: TrainConfig) -> None:
         raise ConfigError(f"data.min_pixels={cfg.data.min_pixels} must be <= data.max_pixels={cfg.data.max_pixels}")
     if cfg.normalizer.mode in ("static", "warm") and not cfg.normalizer.table_file:
         raise ConfigError(f"normalizer.table_file is required when normalizer.mode={cfg.normalizer.mode!r}")
+    if cfg.rollout.weight_path == "nccl" and cfg.rollout.backend != "vllm":
+        raise ConfigError(f"rollout.weight_path=nccl needs rollout.backend=vllm (the receiver is a vLLM worker "
+                          f"extension); with rollout.backend={cfg.rollout.backend!r} allowed: object_store")
+    if cfg.rollout.weight_path == "nccl" and cfg.cluster.colocate:
+        raise ConfigError("rollout.weight_path=nccl cannot run with cluster.colocate=true (NCCL refuses two "
+                          "processes on one GPU); allowed with colocate: object_store")
     if not cfg.stages:
         raise ConfigError("stages must list at least one stage (kind: sft or grpo)")
     key_env = cfg.reward.judge.api_key_env

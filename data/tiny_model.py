@@ -201,16 +201,28 @@ def build_processor(tokenizer: Any, sizes: TinySizes) -> Any:
 
 
 def build_tiny_model(out_dir: Union[str, os.PathLike], corpus_texts: Optional[Iterable[str]] = None, seed: int = 0,
-                     **sizes: int) -> Path:
+                     head_size: Optional[int] = None, **sizes: int) -> Path:
     """Train the tokenizer, build the model with seeded random weights, save model + processor to ``out_dir``.
 
     ``corpus_texts``: texts for the tokenizer (default: ``data.synthetic.corpus_texts(seed)``); ``sizes``: any
-    field of ``TinySizes``. The global torch RNG is left untouched. Returns ``out_dir`` as a ``Path``.
+    field of ``TinySizes``. ``head_size``: the text attention head size, i.e. ``num_attention_heads =
+    hidden_size // head_size`` and, unless given, ``num_key_value_heads`` half of that (at least 1); the default
+    sizes give 16, which vLLM's CPU attention refuses (it takes 32, 64, 80, ...). The global torch RNG is left
+    untouched. Returns ``out_dir`` as a ``Path``.
     """
     import torch
     import transformers
     from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
+    if head_size is not None:
+        hidden = sizes.get("hidden_size", TinySizes.hidden_size)
+        if not isinstance(head_size, int) or head_size < 4 or hidden % head_size:
+            raise ValueError(f"head_size={head_size!r} must be an integer >= 4 dividing hidden_size={hidden}")
+        sizes = {"num_attention_heads": hidden // head_size,
+                 "num_key_value_heads": max(1, hidden // head_size // 2), **sizes}
+        if sizes["num_attention_heads"] != hidden // head_size:
+            raise ValueError(f"head_size={head_size} and num_attention_heads={sizes['num_attention_heads']} "
+                             f"disagree for hidden_size={hidden}")
     cfg_sizes = _sizes(sizes)
     texts = _corpus(corpus_texts, seed)
     tokenizer = build_tokenizer(texts, cfg_sizes.vocab_size, cfg_sizes.max_position_embeddings)

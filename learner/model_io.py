@@ -50,12 +50,25 @@ def check_checkpoint(path: Union[str, os.PathLike]) -> Path:
     return p
 
 
+def resolve_attn_implementation(requested: str) -> str:
+    """``requested``, or ``sdpa`` (logged) when it is ``flash_attention_2`` and ``flash_attn`` is not importable."""
+    import importlib.util
+    import logging
+
+    if requested == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        logging.getLogger(__name__).warning("model.attn_implementation=flash_attention_2 but the flash-attn package "
+                                            "is not installed: using sdpa")
+        return "sdpa"
+    return requested
+
+
 def load_model_and_processor(path: Union[str, os.PathLike], dtype: Any = "float32", device: str = "cpu",
                              attn_implementation: str = "sdpa") -> tuple[Any, Any]:
     """``(model, processor)`` from a local checkpoint folder; the model is on ``device`` in eval mode.
 
     ``dtype``: ``float32`` | ``bfloat16`` | ``float16`` (or a ``torch.dtype``); ``attn_implementation``: ``sdpa`` |
-    ``eager`` | ``flash_attention_2`` (CUDA only). Raises ``FileNotFoundError``/``CheckpointError`` for a folder
+    ``eager`` | ``flash_attention_2`` (CUDA only; ``sdpa``, with a warning, where the ``flash-attn`` package is not
+    installed: the ``gpu`` extra does not install it, its wheels are built per torch/CUDA version). Raises ``FileNotFoundError``/``CheckpointError`` for a folder
     that is missing or not loadable safely.
     """
     import torch
@@ -69,6 +82,7 @@ def load_model_and_processor(path: Union[str, os.PathLike], dtype: Any = "float3
                          f"flash_attention_2")
     if attn_implementation == "flash_attention_2" and dev.type != "cuda":
         raise ValueError(f"attn_implementation='flash_attention_2' needs a CUDA device, got device={device!r}")
+    attn_implementation = resolve_attn_implementation(attn_implementation)
     model = AutoModelForImageTextToText.from_pretrained(
         str(p), dtype=torch_dtype, attn_implementation=attn_implementation, use_safetensors=True,
         local_files_only=True)

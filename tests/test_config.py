@@ -81,3 +81,15 @@ def test_cli_config_prints_and_fails_cleanly():
     bad = subprocess.run([sys.executable, "-m", "cluster.cli", "config", "cpu_demo", "learner.advantage=x"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "learner.advantage" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_weight_path_key():
+    assert load_config("cpu_demo").rollout.weight_path == "object_store"
+    cfg = load_config("cpu_demo", ["rollout.backend=vllm", "rollout.weight_path=nccl"])
+    assert cfg.rollout.weight_path == "nccl"
+    with pytest.raises(ConfigError, match="rollout.weight_path='ipc' is not allowed; allowed values: object_store, nccl"):
+        load_config("cpu_demo", ["rollout.weight_path=ipc"])
+    with pytest.raises(ConfigError, match="weight_path=nccl needs rollout.backend=vllm"):
+        load_config("cpu_demo", ["rollout.weight_path=nccl"])
+    with pytest.raises(ConfigError, match="cluster.colocate"):
+        load_config("cpu_demo", ["rollout.backend=vllm", "rollout.weight_path=nccl", "cluster.colocate=true"])

