@@ -38,7 +38,8 @@ case "$cmd" in
     python -m pytest -q tests "$@" || rc=$?
     if [ "${MEDGRPO_SKIP_VLLM_LANE:-0}" != 1 ]; then
       LANE=.venv-vllm
-      LSTAMP=$LANE/.installed-$( (cat tests/vllm/install.sh tests/vllm/torchvision_shim.py; echo v1) | sha256sum | cut -c1-16)
+      LSTAMP=$LANE/.installed-$( (cat tests/vllm/install.sh tests/vllm/torchvision_shim.py; echo v1) \
+        | sha256sum | cut -c1-16)
       if [ ! -f "$LSTAMP" ]; then
         echo "[run.sh] building the vLLM lane's venv $LANE (first run: a few minutes)" >&2
         bash tests/vllm/install.sh "$LANE" && rm -f "$LANE"/.installed-* && touch "$LSTAMP" \

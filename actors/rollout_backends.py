@@ -214,9 +214,13 @@ def _vllm_request(raw_media: dict[str, Any], pixels: dict[str, int]) -> dict[str
 
     A video goes as ``(frames [T, H, W, 3], metadata)`` with ``do_sample_frames=False`` (the frames are the ones the
     learner sees; vLLM's Qwen2.5-VL refuses a bare array). ``pixels`` (``min_pixels``/``max_pixels``) go to vLLM's
-    HF processor, which would otherwise resize with the checkpoint's defaults and build another prompt (another
-    ``grid_thw``, another number of placeholders) than the learner's."""
+    HF processor as ``learner.model_io.build_inputs`` passes them (``size``; videos ``cap_pixels_per_frame``), which
+    would otherwise resize with the checkpoint's defaults and build another prompt (another ``grid_thw``, another
+    number of placeholders) than the learner's."""
     request: dict[str, Any] = {"prompt": raw_media["prompt_text"]}
+    size = {}
+    if pixels:
+        size = {"size": {"shortest_edge": int(pixels["min_pixels"]), "longest_edge": int(pixels["max_pixels"])}}
     if raw_media.get("frames") is not None:
         frames = np.asarray(raw_media["frames"])
         fps = float(raw_media.get("fps") or 1.0)
@@ -224,10 +228,10 @@ def _vllm_request(raw_media: dict[str, Any], pixels: dict[str, int]) -> dict[str
         meta = {"fps": fps, "duration": t / fps, "total_num_frames": t, "frames_indices": list(range(t)),
                 "video_backend": "medgrpo", "do_sample_frames": False}
         request["multi_modal_data"] = {"video": (frames, meta)}
-        request["mm_processor_kwargs"] = {"fps": fps, "do_sample_frames": False, **pixels}
+        request["mm_processor_kwargs"] = {"fps": fps, "do_sample_frames": False, "cap_pixels_per_frame": True, **size}
     elif raw_media.get("image") is not None:
         request["multi_modal_data"] = {"image": raw_media["image"]}
-        request["mm_processor_kwargs"] = dict(pixels)
+        request["mm_processor_kwargs"] = dict(size)
     return request
 
 
@@ -284,8 +288,9 @@ class VLLMBackend:
         self.tokenizer = self.processor.tokenizer
         self.stop_ids = _stop_ids(self.tokenizer)
         self.suppressed = _suppressed_ids(self.tokenizer, self.stop_ids)
-        self.pixels = {k: int(v) for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels))
-                       if v is not None}
+        if (min_pixels is None) != (max_pixels is None):
+            raise ValueError("the vllm backend takes min_pixels and max_pixels together (or neither)")
+        self.pixels = {} if min_pixels is None else {"min_pixels": int(min_pixels), "max_pixels": int(max_pixels)}
         kwargs: dict[str, Any] = dict(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                                       tensor_parallel_size=tensor_parallel_size, enable_sleep_mode=enable_sleep_mode,
                                       seed=seed, limit_mm_per_prompt={"image": 1, "video": 1},

@@ -33,7 +33,8 @@ def resolve(python: str = sys.executable, index_url: str = "https://pypi.org/sim
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
         out = {"command": " ".join(cmd[1:]).replace(str(report), "REPORT"), "returncode": proc.returncode,
-               "seconds": round(time.perf_counter() - t0, 1), "python": sys.version.split()[0]}
+               "seconds": round(time.perf_counter() - t0, 1), "python": sys.version.split()[0],
+               "date": time.strftime("%Y-%m-%d", time.gmtime())}
         if proc.returncode == 0 and report.exists():
             items = json.loads(report.read_text())["install"]
             picked = {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in items}

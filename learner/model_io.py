@@ -67,8 +67,8 @@ def load_model_and_processor(path: Union[str, os.PathLike], dtype: Any = "float3
     """``(model, processor)`` from a local checkpoint folder; the model is on ``device`` in eval mode.
 
     ``dtype``: ``float32`` | ``bfloat16`` | ``float16`` (or a ``torch.dtype``); ``attn_implementation``: ``sdpa`` |
-    ``eager`` | ``flash_attention_2`` (CUDA only; ``sdpa``, with a warning, where the ``flash-attn`` package is not
-    installed: the ``gpu`` extra does not install it, its wheels are built per torch/CUDA version). Raises ``FileNotFoundError``/``CheckpointError`` for a folder
+    ``eager`` | ``flash_attention_2`` (CUDA only; ``sdpa``, with a warning, where the ``flash-attn`` package is
+    not installed: the ``gpu`` extra does not install it, its wheels are built per torch/CUDA version). Raises ``FileNotFoundError``/``CheckpointError`` for a folder
     that is missing or not loadable safely.
     """
     import torch

@@ -87,7 +87,7 @@ def test_weight_path_key():
     assert load_config("cpu_demo").rollout.weight_path == "object_store"
     cfg = load_config("cpu_demo", ["rollout.backend=vllm", "rollout.weight_path=nccl"])
     assert cfg.rollout.weight_path == "nccl"
-    with pytest.raises(ConfigError, match="rollout.weight_path='ipc' is not allowed; allowed values: object_store, nccl"):
+    with pytest.raises(ConfigError, match="weight_path='ipc' is not allowed; allowed values: object_store, nccl"):
         load_config("cpu_demo", ["rollout.weight_path=ipc"])
     with pytest.raises(ConfigError, match="weight_path=nccl needs rollout.backend=vllm"):
         load_config("cpu_demo", ["rollout.weight_path=nccl"])

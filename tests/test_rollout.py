@@ -191,4 +191,4 @@ def test_vllm_completion_unpacking():
     frames, meta = req["multi_modal_data"]["video"]
     assert frames.shape == (4, 28, 28, 3) and meta["total_num_frames"] == 4 and meta["duration"] == 2.0
     assert meta["frames_indices"] == [0, 1, 2, 3] and meta["do_sample_frames"] is False
-    assert req["mm_processor_kwargs"]["max_pixels"] == 3136
+    assert req["mm_processor_kwargs"]["size"] == {"shortest_edge": 784, "longest_edge": 3136}
