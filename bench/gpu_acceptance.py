@@ -8,7 +8,7 @@ small pure-Python dependencies (numpy, pillow, omegaconf): no Ray, no vLLM, no n
 
 What it does (every check lands in one JSON, ``ok`` false if any failed; the exit status is 1 then):
 
-1. builds a randomly initialised Qwen2.5-VL in code (``learner.tiny_model.build_tiny_model``: the official classes
+1. builds a randomly initialised Qwen2.5-VL in code (``data.tiny_model.build_tiny_model``: the official classes
    and files; by default ~0.45B parameters, text head size 64, vision head size 80 as in the 7B) into a temp folder;
 2. the hf rollout backend (``actors.rollout_backends.HFBackend``) in bf16 on CUDA: text, image and video prompts,
    G samples each, in one batched ``generate``; generated tokens/s;
@@ -69,7 +69,7 @@ def run(cpu: bool, group: int = 4, max_new_tokens: int = 64) -> dict[str, Any]:
     from actors.rollout_backends import HFBackend
     from cluster.config import load_config
     from learner.deepspeed_learner import DeepSpeedLearner, build_policy_batch
-    from learner.tiny_model import build_tiny_model
+    from data.tiny_model import build_tiny_model
     from learner.weight_sync import BucketBroadcaster, WeightReceiver, init_sync_group, weights_checksum
 
     device = "cpu" if cpu else "cuda"

@@ -44,7 +44,7 @@ def close_engine():
 def vllm_model_dir(tmp_path_factory, synth_dir):
     """The tiny Qwen2.5-VL with text head size 32 (2 heads of 32, 1 KV head), tokenizer from the synthetic corpus."""
     from data.reader import read_instances
-    from learner.tiny_model import build_tiny_model
+    from data.tiny_model import build_tiny_model
 
     corpus = []
     for f in sorted(synth_dir.glob("*.jsonl")):

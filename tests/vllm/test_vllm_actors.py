@@ -45,8 +45,8 @@ def test_rollout_actor_runs_the_engine_and_takes_pushed_weights(ray_local, vllm_
 
 
 def test_vllm_judge_backend_answers_a_rubric_request(vllm_model_dir, engine_kwargs, close_engine):
-    from actors.judge_backends import VLLMBackend
-    from cluster.config import JudgeConfig
+    from rewards.judge_backends import VLLMBackend
+    from rewards.config import JudgeConfig
     from rewards.judge_rubric import build_judge_messages, parse_judge_reply
 
     judge = VLLMBackend(JudgeConfig(backend="vllm", model=str(vllm_model_dir), max_new_tokens=16),
