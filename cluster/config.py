@@ -144,6 +144,25 @@ def _check_semantics(cfg: TrainConfig) -> None:
                           "put the key itself in that variable, never in the config")
     if cfg.resume not in ("never", "auto") and not Path(cfg.resume).exists():
         raise ConfigError(f"resume={cfg.resume!r}: allowed values are 'never', 'auto' or an existing checkpoint directory")
+    if cfg.learner.ref_model_path is not None:
+        if cfg.learner.kl_coef <= 0:
+            raise ConfigError(f"learner.ref_model_path={cfg.learner.ref_model_path!r} is only used with "
+                              f"learner.kl_coef > 0 (it is {cfg.learner.kl_coef}); set both or neither")
+        if not Path(cfg.learner.ref_model_path).is_dir():
+            raise ConfigError(f"learner.ref_model_path={cfg.learner.ref_model_path!r}: no such folder; allowed: an "
+                              f"HF model folder (config.json + safetensors) or empty (the policy at the GRPO start)")
+    if cfg.model.lora_rank > 0 and cfg.learner.zero_stage == 3:
+        raise ConfigError("model.lora_rank > 0 with learner.zero_stage=3 is not supported (peft adapters on a "
+                          "ZeRO-3 partitioned model); use learner.zero_stage 0, 1 or 2 with LoRA")
+    if cfg.model.lora_rank > 0 and cfg.rollout.weight_path == "nccl":
+        raise ConfigError("model.lora_rank > 0 with rollout.weight_path=nccl is not supported (the bucketed broadcast "
+                          "sends parameters as they are, not merged); use rollout.weight_path=object_store with LoRA")
+    if cfg.model.lora_rank > 0:
+        bad = [m for m in cfg.model.lora_target_modules if not re.fullmatch(r"[A-Za-z0-9_.]+", str(m))]
+        if not cfg.model.lora_target_modules or bad:
+            raise ConfigError(f"model.lora_target_modules={list(cfg.model.lora_target_modules)!r}: with "
+                              f"model.lora_rank > 0 it must list module names (letters, digits, _ and .), e.g. "
+                              f"[q_proj, v_proj]")
     for name, weights in (("data.task_weights", cfg.data.task_weights), ("data.source_weights", cfg.data.source_weights)):
         for k, w in weights.items():
             if w < 0:

@@ -419,6 +419,8 @@ class Trainer:
             metrics.update({f"loss/{k}" if k == "loss" else f"train/{k}": v for k, v in train_metrics.items()})
             if "loss" in train_metrics:
                 metrics["loss/policy"] = train_metrics["loss"]
+            if cfg.learner.kl_coef > 0:  # mean k3 KL(π_θ || π_ref) over the response tokens; β × it is in the loss
+                metrics["loss/kl"] = train_metrics.get("kl_ref", float("nan"))
             if trained_ok:
                 acct.prompts_trained = len(kept)
             else:

@@ -209,12 +209,17 @@ def weights_only_loads() -> Iterator[None]:
                 os.environ[k] = v
 
 
-def save_engine_state(engine: Any, staging: str | Path, client_state: Optional[dict[str, Any]] = None) -> None:
-    """Every rank: DeepSpeed's model + optimizer + scheduler state into ``staging/state`` (a collective)."""
-    engine.save_checkpoint(str(staging), tag=DS_TAG, client_state=dict(client_state or {}), save_latest=True)
+def save_engine_state(engine: Any, staging: str | Path, client_state: Optional[dict[str, Any]] = None,
+                      trainable_only: bool = False) -> None:
+    """Every rank: DeepSpeed's model + optimizer + scheduler state into ``staging/state`` (a collective).
+    ``trainable_only`` (LoRA): the module state holds the trainable parameters only (the frozen base comes from
+    the model folder again on load)."""
+    engine.save_checkpoint(str(staging), tag=DS_TAG, client_state=dict(client_state or {}), save_latest=True,
+                           exclude_frozen_parameters=trainable_only)
 
 
-def load_engine_state(engine: Any, directory: str | Path, load_optimizer: bool = True) -> dict[str, Any]:
+def load_engine_state(engine: Any, directory: str | Path, load_optimizer: bool = True,
+                      trainable_only: bool = False) -> dict[str, Any]:
     """Every rank: restore the DeepSpeed state, unpickling only tensors and allowlisted types (see the module
     docstring); returns the client state saved with it. Raises ``UnsafeCheckpointError`` for a tampered file."""
     use_safe_checkpoint_engine(engine)
@@ -223,7 +228,8 @@ def load_engine_state(engine: Any, directory: str | Path, load_optimizer: bool =
             path, client_state = engine.load_checkpoint(str(directory), tag=DS_TAG,
                                                         load_optimizer_states=load_optimizer,
                                                         load_lr_scheduler_states=load_optimizer,
-                                                        load_module_only=not load_optimizer)
+                                                        load_module_only=not load_optimizer,
+                                                        load_module_strict=not trainable_only)
     except pickle.UnpicklingError as e:  # a direct torch.load inside DeepSpeed, made safe by weights_only_loads
         raise _refusal(f"a file of checkpoint {directory}", e) from None
     if path is None:

@@ -40,12 +40,13 @@ import math
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
 from learner import checkpoint as ckpt
+from learner import reference as refw
 from learner.losses import IGNORE_INDEX, entropy_from_logits, policy_loss, sft_loss, token_logprobs
 from learner.weight_sync import DEFAULT_BUCKET_BYTES, WeightPayload, iter_gathered, pack_weights
 
@@ -215,6 +216,12 @@ def split_batch(batch: Mapping[str, Any], parts: int) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------------------------
 # the model wrapper: media encoding inside the engine's forward
 # --------------------------------------------------------------------------------------------------------------
+def _visual_of(model: nn.Module) -> Optional[nn.Module]:
+    """The vision tower of an HF VLM (or of the model inside a LoRA ``PeftModel``); None for a text-only model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(getattr(base, "model", None), "visual", None)
+
+
 class _PolicyModule(nn.Module):
     """Runs the vision tower itself (once per unique media in the micro-batch, features repeated per sample; a dummy
     input when a peer rank needs the same call pattern), then the HF model with precomputed encoder outputs."""
@@ -224,8 +231,7 @@ class _PolicyModule(nn.Module):
         self.model = model
 
     def _visual(self) -> Optional[nn.Module]:
-        inner = getattr(self.model, "model", None)
-        return getattr(inner, "visual", None)
+        return _visual_of(self.model)
 
     def _dummy(self, visual: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = visual.config
@@ -299,6 +305,12 @@ class DeepSpeedLearner:
         self.engine: Any = None
         self.model: Optional[nn.Module] = None  # the HF model (inside the engine's wrapper)
         self._hf_ds_config: Any = None
+        # KL reference (kl_coef > 0): a frozen model (a DeepSpeed engine at ZeRO-3), or None with LoRA while the
+        # reference is the base model (the policy with its adapters disabled). Source: "path" (ref_model_path),
+        # "initial" (the weights of model_path), "snapshot" (the policy copied at the start of a GRPO stage).
+        self._ref: Any = None
+        self._ref_source = "none"
+        self._ref_ready = False
 
     # -- setup ---------------------------------------------------------------------------------------------
     @property
@@ -349,25 +361,15 @@ class DeepSpeedLearner:
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout,
                                    rank=self.rank, world_size=self.world_size, verbose=False)
 
-    def _load_model(self, ds_config: dict[str, Any]) -> nn.Module:
+    def _from_pretrained(self, path: str) -> nn.Module:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-        mc = self.cfg.model
-        if int(getattr(mc, "lora_rank", 0) or 0) > 0:
-            raise LearnerError("model.lora_rank > 0 needs the 'peft' package, which this environment does not have")
         from learner.model_io import check_checkpoint
 
-        path = str(check_checkpoint(self.model_path))  # config + safetensors, or a clear error (never pickle)
-        if ds_config["zero_optimization"]["stage"] == 3:
-            try:  # partitioned loading (each rank materialises only its shard); needs `accelerate`
-                from transformers.integrations import HfDeepSpeedConfig
-
-                self._hf_ds_config = HfDeepSpeedConfig(ds_config)
-            except Exception as e:  # noqa: BLE001 - fall back to full loading, DeepSpeed partitions at initialize
-                log.warning("ZeRO-3 without partitioned loading (%s): every rank loads the full model first", e)
+        path = str(check_checkpoint(path))  # config + safetensors, or a clear error (never pickle)
         dtype = torch.bfloat16 if self.cfg.learner.bf16 else torch.float32
         hf_cfg = AutoConfig.from_pretrained(path, local_files_only=True)
-        kwargs = dict(dtype=dtype, attn_implementation=mc.attn_implementation, use_safetensors=True,
+        kwargs = dict(dtype=dtype, attn_implementation=self.cfg.model.attn_implementation, use_safetensors=True,
                       local_files_only=True)
         try:
             model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
@@ -375,6 +377,18 @@ class DeepSpeedLearner:
             log.info("%s is not an image-text-to-text model (%s); loading as a causal LM", path, type(hf_cfg).__name__)
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         model.config.use_cache = False
+        return model
+
+    def _load_model(self, ds_config: dict[str, Any]) -> nn.Module:
+        mc = self.cfg.model
+        if ds_config["zero_optimization"]["stage"] == 3:
+            try:  # partitioned loading (each rank materialises only its shard); needs `accelerate`
+                from transformers.integrations import HfDeepSpeedConfig
+
+                self._hf_ds_config = HfDeepSpeedConfig(ds_config)
+            except Exception as e:  # noqa: BLE001 - fall back to full loading, DeepSpeed partitions at initialize
+                log.warning("ZeRO-3 without partitioned loading (%s): every rank loads the full model first", e)
+        model = self._from_pretrained(self.model_path)
         if mc.freeze_vision_tower:
             visual = getattr(getattr(model, "model", None), "visual", None)
             if visual is not None:
@@ -385,6 +399,14 @@ class DeepSpeedLearner:
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self._lora:
+            from learner.lora import LoraConfigError, apply_lora
+
+            try:
+                model = apply_lora(model, int(mc.lora_rank), int(mc.lora_alpha), list(mc.lora_target_modules),
+                                   bool(mc.freeze_vision_tower), seed=int(getattr(self.cfg, "seed", 0)))
+            except LoraConfigError as e:
+                raise LearnerError(str(e)) from None
         return model
 
     def setup(self) -> dict[str, Any]:
@@ -411,6 +433,7 @@ class DeepSpeedLearner:
         self._set_lr(self._lr_for(self.optimizer_steps))
         if self.engine.zero_optimization_stage() == 0:
             self.engine.enable_backward_allreduce = False  # we all-reduce ourselves to see the global grad norm
+        self._setup_reference()
         n_params = sum(int(getattr(p, "ds_numel", p.numel())) for p in self.model.parameters())
         n_train = sum(int(getattr(p, "ds_numel", p.numel())) for p in self.model.parameters() if p.requires_grad)
         return {"rank": self.rank, "world_size": self.world_size, "params": n_params, "trainable": n_train,
@@ -420,6 +443,70 @@ class DeepSpeedLearner:
     def _require_engine(self) -> None:
         if self.engine is None:
             raise LearnerError("call setup() first")
+
+    # -- KL reference --------------------------------------------------------------------------------------
+    @property
+    def _kl(self) -> bool:
+        return float(self.cfg.learner.kl_coef) > 0
+
+    @property
+    def _lora(self) -> bool:
+        return int(getattr(self.cfg.model, "lora_rank", 0) or 0) > 0
+
+    def _build_reference(self, path: str) -> Any:
+        """A frozen copy of the model at ``path`` in eval mode: a plain module at ZeRO 0-2 (one full copy per rank),
+        an optimizer-less DeepSpeed engine at ZeRO-3 (partitioned like the policy: 1/N of a copy per rank)."""
+        model = self._from_pretrained(path)
+        model.requires_grad_(False)
+        module = _PolicyModule(model)
+        if int(self.cfg.learner.zero_stage) == 3:
+            import deepspeed
+
+            conf = {"train_micro_batch_size_per_gpu": int(self.cfg.learner.micro_batch_size),
+                    "zero_optimization": {"stage": 3}, "bf16": {"enabled": bool(self.cfg.learner.bf16)},
+                    "steps_per_print": 2 ** 31 - 1, "wall_clock_breakdown": False}
+            module, _, _, _ = deepspeed.initialize(model=module, config=conf)
+        else:
+            module.to(self.device)
+        module.eval()  # (DeepSpeedEngine.eval returns None)
+        return module
+
+    def _setup_reference(self) -> None:
+        """kl_coef = 0 loads nothing. Otherwise: ref_model_path's model; or, until the first GRPO step decides,
+        the initial weights (a copy of model_path; nothing with LoRA: the adapters are disabled instead)."""
+        self._ref, self._ref_source, self._ref_ready = None, "none", False
+        if not self._kl:
+            return
+        path = getattr(self.cfg.learner, "ref_model_path", None)
+        if path:
+            self._ref, self._ref_source, self._ref_ready = self._build_reference(str(path)), "path", True
+            return
+        self._ref_source = "initial"
+        if not self._lora:
+            self._ref = self._build_reference(self.model_path)
+
+    def _ensure_reference(self) -> None:
+        """At the first GRPO step of a stage: the reference becomes the policy as it is now (a collective)."""
+        if self._ref_ready or not self._kl:
+            return
+        if not (self.version == 0 and self._ref_source == "initial"):  # the initial weights are already there
+            if self._ref is None:
+                self._ref = self._build_reference(self.model_path)
+            refw.copy_into(self._ref_model_module(), self._iter_weights())
+            self._ref_source = "snapshot"
+        self._ref_ready = True
+
+    def _ref_model_module(self) -> nn.Module:
+        """The reference's HF model (inside its ``_PolicyModule``, inside an engine at ZeRO-3)."""
+        inner = getattr(self._ref, "module", self._ref)
+        return inner.model
+
+    @torch.no_grad()
+    def _ref_logprobs(self, b: dict[str, Any]) -> torch.Tensor:
+        if self._ref is None:  # LoRA: the base model is the policy with its adapters disabled
+            with self.model.disable_adapter():
+                return self._logprobs(b, self.engine)
+        return self._logprobs(b, self._ref)
 
     # -- collectives ---------------------------------------------------------------------------------------
     def _all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
@@ -486,7 +573,7 @@ class DeepSpeedLearner:
         ids = b["input_ids"][i][b["attention_mask"][i].bool()]
         m = int(b["mm_index"][i])
         media = b["multimodal"][m] if m >= 0 else {}
-        if media and getattr(getattr(self.model, "model", None), "visual", None) is None:
+        if media and _visual_of(self.model) is None:
             return "media_unsupported"  # a text-only model was given images/video
         visual_cfg = getattr(cfg, "vision_config", None)
         merge = int(getattr(visual_cfg, "spatial_merge_size", 2) or 2)
@@ -637,9 +724,10 @@ class DeepSpeedLearner:
         agreed = self._all_reduce(local, "max")
         return bool(agreed[0] > 0), bool(agreed[1] > 0)
 
-    def _forward(self, mb: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits for the last ``keep`` positions [n, keep, V] scaled by temperature, anchor scalar)."""
-        logits, anchor = self.engine(mb["input_ids"], mb["attention_mask"], mb["mm_token_type_ids"], mb["media"],
+    def _forward(self, mb: dict[str, Any], module: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits for the last ``keep`` positions [n, keep, V] scaled by temperature, anchor scalar) of the policy
+        engine (or of ``module``, the reference)."""
+        logits, anchor = (module or self.engine)(mb["input_ids"], mb["attention_mask"], mb["mm_token_type_ids"], mb["media"],
                                      self._need(mb), int(mb["keep"]))
         logits = logits.float()
         if mb.get("temperature") is not None:
@@ -746,6 +834,10 @@ class DeepSpeedLearner:
             out = {"loss": 0.0, "tokens": 0.0, "skipped_empty": 1.0, "skipped_nonfinite": 0.0}
             out.update({k: float(v) for k, v in skipped.items()})
             return out | self._common_metrics()
+        if kind == "policy" and self._kl:
+            self._ensure_reference()
+            if b.get("ref_logprobs") is None:
+                b["ref_logprobs"] = self._ref_logprobs(b)
         for _epoch in range(epochs):
             poisoned = False
             for j in range(n_micro):
@@ -829,35 +921,51 @@ class DeepSpeedLearner:
         return self._run(batch, "policy")
 
     def sft_step(self, batch: Mapping[str, Any]) -> dict[str, float]:
-        """One supervised update: cross-entropy on the tokens whose label is not -100."""
-        return self._run(batch, "sft")
+        """One supervised update: cross-entropy on the tokens whose label is not -100. The next GRPO step takes a new
+        KL reference (the policy at the start of the GRPO stage) unless ``learner.ref_model_path`` fixes it."""
+        out = self._run(batch, "sft")
+        if self._ref_source != "path":
+            self._ref_ready = False
+        return out
 
     @torch.no_grad()
     def compute_logprobs(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Current-policy log-probs ``[N, L]`` aligned with ``input_ids`` (0 at position 0 and on padding), for
         every row as given. A collective under ZeRO-3: all ranks call it, each with its own rows."""
         self._require_engine()
-        b = self._to_rows(batch)
+        return self._logprobs(self._to_rows(batch), self.engine)
+
+    def _logprobs(self, b: dict[str, Any], module: Any) -> torch.Tensor:
+        """Log-probs ``[N, L]`` of ``module`` (the policy engine or the reference) for prepared rows ``b``."""
         n, length = b["input_ids"].shape
         out = torch.zeros(n, length)
         micro = self._microbatches(n)
         n_micro = int(self._all_reduce(torch.tensor([float(len(micro))]), "max")[0])
-        was_training = self.engine.module.training
-        self.engine.eval()
+        was_training = module.training
+        module.eval()
         try:
             for j in range(n_micro):
                 rows = micro[j] if j < len(micro) else micro[0]
                 mb = self._micro_inputs(b, rows, first_needed=1)
-                logits, _ = self._forward(mb)
+                logits, _ = self._forward(mb, module)
                 if j < len(micro):
                     lp = self._aligned_logprobs(logits, mb["input_ids"], mb["keep"])
                     lp = lp * mb["attention_mask"]
                     out[rows, : mb["width"]] = lp.float().cpu()
         finally:
-            self.engine.train(was_training)
+            module.train(was_training)
         return out
 
     # -- weights -------------------------------------------------------------------------------------------
+    def _iter_weights(self, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        """The policy's full weights under the base model's names, in chunks (a collective under ZeRO-3); with LoRA
+        the merged weights."""
+        if self._lora:
+            from learner.lora import iter_merged
+
+            return iter_merged(self.model, bucket_bytes)
+        return iter_gathered(self.model, bucket_bytes)
+
     def state_for_sync(self, bucket_bytes: int = DEFAULT_BUCKET_BYTES, copy: bool = True
                        ) -> tuple[int, dict[str, torch.Tensor]]:
         """(version, full named CPU tensors) on rank 0; (version, {}) elsewhere. All ranks must call it (ZeRO-3
@@ -865,7 +973,7 @@ class DeepSpeedLearner:
         whole (no ZeRO-3): only for a caller that is done with them before the next optimizer step."""
         self._require_engine()
         out: dict[str, torch.Tensor] = {}
-        for chunk in iter_gathered(self.model, bucket_bytes):
+        for chunk in self._iter_weights(bucket_bytes):
             if self.rank == 0:
                 for name, p in chunk:
                     # a ZeRO-3 parameter is whole only inside the gather: always copy it out
@@ -902,6 +1010,9 @@ class DeepSpeedLearner:
         self._require_engine()
         if getattr(self, "_broadcaster", None) is None:
             raise LearnerError("call init_weight_sync() first")
+        if self._lora:
+            raise LearnerError("the bucketed broadcast sends parameters as they are; with model.lora_rank > 0 push "
+                               "the merged weights through the object store (get_weights / weight_payload)")
         self._broadcaster.broadcast(self.model, self.version)
         return self.version
 
@@ -909,7 +1020,8 @@ class DeepSpeedLearner:
     def _learner_state(self) -> dict[str, Any]:
         return {"version": self.version, "optimizer_steps": self.optimizer_steps, "base_lr": self.base_lr,
                 "zero_stage": int(self.cfg.learner.zero_stage), "world_size": self.world_size,
-                "counters": dict(self.counters)}
+                "counters": dict(self.counters),
+                "reference": {"source": self._ref_source, "ready": self._ref_ready}}
 
     def save_checkpoint(self, directory: str | Path) -> str:
         """DeepSpeed state (weights, optimizer, per-rank shards) + ``learner_state.json``, atomically. All ranks."""
@@ -919,7 +1031,15 @@ class DeepSpeedLearner:
         if self.rank == 0:
             ckpt.prepare_staging(final)
         self._barrier()
-        ckpt.save_engine_state(self.engine, staging, {"learner": self._learner_state()})
+        ckpt.save_engine_state(self.engine, staging, {"learner": self._learner_state()}, trainable_only=self._lora)
+        if self._lora:  # the adapters alone, for peft users: <ckpt>/adapter/adapter_model.safetensors
+            from learner.lora import adapter_state
+
+            sd = adapter_state(self.model, write=self.rank == 0)
+            if self.rank == 0:
+                self.model.save_pretrained(str(staging / "adapter"), state_dict=sd, safe_serialization=True)
+        if self._ref_ready and self._ref_source == "snapshot":
+            refw.save_reference(self._ref_model_module(), staging, write=self.rank == 0)
         self._barrier()
         if self.rank == 0:
             ckpt.write_learner_state(staging, self._learner_state())
@@ -940,13 +1060,31 @@ class DeepSpeedLearner:
                                f"zero_stage={state.get('zero_stage')}; this learner has world_size={self.world_size},"
                                f" zero_stage={self.cfg.learner.zero_stage}. Resume weights only "
                                f"(load_optimizer=False) or use the same layout")
-        ckpt.load_engine_state(self.engine, directory, load_optimizer=load_optimizer)
+        ckpt.load_engine_state(self.engine, directory, load_optimizer=load_optimizer, trainable_only=self._lora)
         self.version = int(state["version"])
         self.optimizer_steps = int(state["optimizer_steps"])
         self.base_lr = float(state.get("base_lr", self.base_lr))
         self.counters = Counter(state.get("counters", {}))
         self._set_lr(self._lr_for(self.optimizer_steps))
+        self._restore_reference(directory, state.get("reference") or {})
         return self.version
+
+    def _restore_reference(self, directory: str | Path, saved: Mapping[str, Any]) -> None:
+        """The KL reference the checkpoint was trained against (a snapshot file, or the initial weights); a
+        checkpoint taken before its GRPO stage began takes a new one at the next GRPO step."""
+        if not self._kl or self._ref_source == "path":
+            return
+        source = saved.get("source")
+        self._ref_ready = bool(saved.get("ready")) and source in ("initial", "snapshot")
+        if not self._ref_ready:
+            return
+        if source == "snapshot":
+            if self._ref is None:
+                self._ref = self._build_reference(self.model_path)
+            refw.load_reference(self._ref_model_module(), directory)
+        elif self._ref_source == "snapshot":  # back to the initial weights
+            self._ref = None if self._lora else self._build_reference(self.model_path)
+        self._ref_source = source
 
     def export_hf(self, directory: str | Path, dtype: Optional[str] = None) -> str:
         """HF folder with safetensors weights (rank 0 writes; all ranks gather)."""
@@ -954,7 +1092,8 @@ class DeepSpeedLearner:
         _, sd = self.state_for_sync()
         if self.rank == 0:
             dt = getattr(torch, dtype) if dtype else None
-            ckpt.export_hf(self.model, sd, directory, source_dir=self.model_path, dtype=dt)
+            base = self.model.get_base_model() if self._lora else self.model  # merged weights, base names
+            ckpt.export_hf(base, sd, directory, source_dir=self.model_path, dtype=dt)
         self._barrier()
         return str(directory)
 
@@ -962,6 +1101,7 @@ class DeepSpeedLearner:
         import torch.distributed as dist
 
         self.engine = None
+        self._ref = None
         if dist.is_initialized():
             import deepspeed.comm as ds_comm
 

@@ -93,3 +93,19 @@ def test_weight_path_key():
         load_config("cpu_demo", ["rollout.weight_path=nccl"])
     with pytest.raises(ConfigError, match="cluster.colocate"):
         load_config("cpu_demo", ["rollout.backend=vllm", "rollout.weight_path=nccl", "cluster.colocate=true"])
+
+
+def test_kl_reference_and_lora_keys_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match=r"learner\.ref_model_path=.* only used with learner\.kl_coef > 0"):
+        load_config(None, [f"learner.ref_model_path={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"learner\.ref_model_path=.*no such folder"):
+        load_config(None, ["learner.kl_coef=0.1", f"learner.ref_model_path={tmp_path / 'nope'}"])
+    assert load_config(None, ["learner.kl_coef=0.1", f"learner.ref_model_path={tmp_path}"]).learner.kl_coef == 0.1
+    with pytest.raises(ConfigError, match=r"model\.lora_target_modules=\[\]"):
+        load_config(None, ["model.lora_rank=8", "model.lora_target_modules=[]"])
+    with pytest.raises(ConfigError, match=r"model\.lora_target_modules=.*module names"):
+        load_config(None, ["model.lora_rank=8", "model.lora_target_modules=['q_proj;rm']"])
+    with pytest.raises(ConfigError, match=r"model\.lora_rank > 0 with learner\.zero_stage=3 is not supported"):
+        load_config(None, ["model.lora_rank=8", "learner.zero_stage=3"])
+    with pytest.raises(ConfigError, match=r"model\.lora_rank > 0 with rollout\.weight_path=nccl"):
+        load_config(None, ["model.lora_rank=8", "rollout.backend=vllm", "rollout.weight_path=nccl"])

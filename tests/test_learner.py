@@ -428,3 +428,207 @@ def test_two_ranks_match_one_rank(ray_local, tiny_dir, tmp_path, stage):
             assert all(torch.equal(exported[n], t) for n, t in current.named_tensors())
     finally:
         group.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------- KL reference
+def _sft_batch():
+    g = _group(7, 2, "video")
+    return build_sft_batch([{"input_ids": g.prompt_ids + c.response_ids,
+                             "labels": [-100] * len(g.prompt_ids) + c.response_ids, "mm_inputs": g.mm_inputs}
+                            for c in g.completions])
+
+
+def test_kl_zero_loads_no_reference(learner):
+    assert float(learner.cfg.learner.kl_coef) == 0.0
+    assert learner._ref is None and learner._ref_source == "none"
+    assert "reference" not in [n.split(".")[0] for n, _ in learner.engine.named_modules()]
+
+
+def test_kl_reference_is_the_policy_at_grpo_start_and_survives_a_checkpoint(tiny_dir, tmp_path):
+    """kl_coef > 0: the reference is the policy after SFT (KL 0 at the first GRPO step, > 0 once the policy has
+    moved), the loss is the KL-free loss + β·KL, and a checkpoint brings the same reference back."""
+    beta = 0.5
+    kl = _fresh(tiny_dir, "learner.zero_stage=0", f"learner.kl_coef={beta}")
+    plain = _fresh(tiny_dir, "learner.zero_stage=0")
+    try:
+        assert kl._ref is not None and kl._ref_source == "initial"
+        for lrn in (kl, plain):
+            lrn.sft_step(_sft_batch())
+        post_sft = _params(kl)
+        first = kl.train_step(_batch())
+        assert kl._ref_source == "snapshot" and first["kl_ref"] == pytest.approx(0.0, abs=1e-7)
+        ref_w = dict(kl._ref_model_module().named_parameters())
+        assert all(torch.equal(ref_w[k], post_sft[k]) for k in post_sft)
+        # at π_θ = π_ref the k3 term has zero gradient: the first updates are equal
+        assert first["loss"] == pytest.approx(plain.train_step(_batch())["loss"], abs=1e-6)
+        kl.save_checkpoint(tmp_path / "ckpt")
+        second, second_plain = kl.train_step(_batch()), plain.train_step(_batch())
+        assert second["kl_ref"] > 1e-4
+        assert second["loss"] == pytest.approx(second_plain["loss"] + beta * second["kl_ref"], rel=1e-4)
+        assert all(torch.equal(ref_w[k], post_sft[k]) for k in post_sft)  # frozen
+    finally:
+        plain.shutdown()
+    kl.shutdown()
+    again = _fresh(tiny_dir, "learner.zero_stage=0", f"learner.kl_coef={beta}")
+    try:
+        again.load_checkpoint(tmp_path / "ckpt")
+        assert again._ref_source == "snapshot" and again._ref_ready
+        ref_w = dict(again._ref_model_module().named_parameters())
+        assert all(torch.equal(ref_w[k], post_sft[k]) for k in post_sft)
+        m = again.train_step(_batch())
+        assert m["kl_ref"] == pytest.approx(second["kl_ref"], rel=1e-5) and m["loss"] == pytest.approx(
+            second["loss"], abs=1e-6)
+    finally:
+        again.shutdown()
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("stage", [2, 3])
+def test_kl_two_ranks_match_one_rank(ray_local, tiny_dir, tmp_path, stage):
+    """kl_coef > 0 on 2 Ray ranks (ZeRO-2: a full reference per rank; ZeRO-3: a partitioned one): the same KL and
+    loss as one rank; (ZeRO-3) the snapshot reference survives a multi-rank checkpoint."""
+    from actors.learner_actor import LearnerGroup
+
+    ref = _fresh(tiny_dir, "learner.zero_stage=0", "learner.kl_coef=0.5")
+    ref.sft_step(_sft_batch())
+    ref_m = [ref.train_step(_batch()) for _ in range(2)]
+    ref.shutdown()
+    group = LearnerGroup(_cfg(f"learner.zero_stage={stage}", "learner.num_ranks=2", "learner.num_cpus=0",
+                              "learner.kl_coef=0.5"), model_path=tiny_dir)
+    try:
+        group.sft_step(_sft_batch())
+        m = group.train_step(_batch())
+        if stage == 3:
+            group.save_checkpoint(str(tmp_path / "ckpt"))
+        m2 = group.train_step(_batch())
+        for got, want in ((m, ref_m[0]), (m2, ref_m[1])):
+            for k in ("loss", "kl_ref", "tokens", "ratio_mean"):
+                assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-6), k
+        assert m2["kl_ref"] > 1e-4
+        if stage == 3:
+            group.shutdown()
+            group = LearnerGroup(_cfg("learner.zero_stage=3", "learner.num_ranks=2", "learner.num_cpus=0",
+                                      "learner.kl_coef=0.5"), model_path=tiny_dir)
+            assert group.load_checkpoint(str(tmp_path / "ckpt")) == 2
+            again = group.train_step(_batch())
+            assert again["kl_ref"] == pytest.approx(m2["kl_ref"], rel=1e-4) and again["loss"] == pytest.approx(
+                m2["loss"], rel=1e-4, abs=1e-6)
+    finally:
+        group.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------- LoRA
+LORA = ("model.lora_rank=4", "model.lora_alpha=8", "model.lora_target_modules=[q_proj,v_proj,down_proj]")
+
+
+def _merged_expected(lrn: DeepSpeedLearner, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """base + (alpha / rank) · B · A from the learner's own adapter tensors, per targeted module."""
+    out = dict(base)
+    peft_params = dict(lrn.model.named_parameters())
+    for name, a in peft_params.items():
+        if ".lora_A.default." in name:
+            b = peft_params[name.replace("lora_A", "lora_B")]
+            mod = name.split(".lora_A.")[0][len("base_model.model."):]
+            out[f"{mod}.weight"] = base[f"{mod}.weight"] + (8 / 4) * (b @ a)
+    return out
+
+
+def test_lora_trains_adapters_only_and_pushes_merged_weights(tiny_dir, tmp_path):
+    """LoRA at ZeRO-0: only adapter parameters change; the pushed weights carry the base model's names and equal
+    base + scale·B·A; the learner's log-probs are those of an HF model holding them; the HF export reloads; the
+    checkpoint holds the adapters as safetensors and resumes to the same next step."""
+    from peft import PeftModel
+
+    lrn = _fresh(tiny_dir, "learner.zero_stage=0", *LORA)
+    base = dict(_hf_model(tiny_dir).named_parameters())
+    start = {n: p.detach().clone() for n, p in lrn.model.named_parameters()}
+    trainable = [n for n, p in lrn.model.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    assert not any(".visual." in n for n in trainable)  # freeze_vision_tower: no adapters there
+    try:
+        for _ in range(3):
+            assert lrn.train_step(_batch())["optimizer_steps"] == 1
+        now = dict(lrn.model.named_parameters())
+        changed = {n for n in now if not torch.equal(now[n], start[n])}
+        assert changed and all(".lora_" in n for n in changed)
+        assert any(".lora_B." in n for n in changed)
+        payload = lrn.weight_payload()
+        pushed = dict(payload.named_tensors())
+        assert set(pushed) == set(base)
+        want = _merged_expected(lrn, {k: v.detach() for k, v in base.items()})
+        moved = [k for k in base if not torch.equal(want[k], base[k])]
+        assert len(moved) == 3 * 2  # q, v, down_proj of the tiny model's 2 layers
+        assert all(torch.allclose(pushed[k], want[k], atol=1e-6) for k in base)
+        model = _hf_model(tiny_dir)
+        WeightReceiver(version=0).apply(model, payload)  # the rollout's loading path, unchanged (strict names)
+        b = _batch()
+        lp = lrn.compute_logprobs(b)
+        rows = [3, 4]  # the image prompt, HF's own path
+        ids = b["input_ids"][rows]
+        img = b["multimodal"][1]
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=b["attention_mask"][rows],
+                        pixel_values=torch.cat([img["pixel_values"]] * 2),
+                        image_grid_thw=torch.cat([img["image_grid_thw"]] * 2),
+                        mm_token_type_ids=(ids == TOKENS["image"]).int())
+        ref = torch.log_softmax(out.logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        am = b["attention_mask"][rows][:, 1:].bool()
+        assert torch.allclose(lp[rows][:, 1:][am], ref[am], atol=1e-4)
+
+        lrn.export_hf(tmp_path / "hf")
+        exported = dict(_hf_model(str(tmp_path / "hf")).named_parameters())
+        assert set(exported) == set(base) and all(torch.allclose(exported[k], pushed[k]) for k in base)
+
+        lrn.save_checkpoint(tmp_path / "ckpt")
+        assert (tmp_path / "ckpt" / "adapter" / "adapter_model.safetensors").is_file()
+        adapted = PeftModel.from_pretrained(_hf_model(tiny_dir), str(tmp_path / "ckpt" / "adapter")).merge_and_unload()
+        assert all(torch.allclose(dict(adapted.named_parameters())[k], pushed[k], atol=1e-6) for k in base)
+        nxt = lrn.train_step(_batch())
+    finally:
+        lrn.shutdown()
+    again = _fresh(tiny_dir, "learner.zero_stage=0", *LORA)
+    try:
+        assert again.load_checkpoint(tmp_path / "ckpt") == 3
+        assert again.train_step(_batch())["loss"] == pytest.approx(nxt["loss"], abs=1e-6)
+    finally:
+        again.shutdown()
+
+
+def test_lora_bad_target_is_a_startup_error_naming_the_key(tiny_dir):
+    from learner.deepspeed_learner import LearnerError
+
+    with pytest.raises(LearnerError, match=r"model\.lora_target_modules: \['qkv_nope'\] match no linear module"):
+        _fresh(tiny_dir, "learner.zero_stage=0", "model.lora_rank=4", "model.lora_target_modules=[q_proj,qkv_nope]")
+
+
+def test_lora_kl_reference_is_the_base_with_adapters_disabled(tiny_dir):
+    lrn = _fresh(tiny_dir, "learner.zero_stage=0", "learner.kl_coef=0.5", *LORA)
+    try:
+        assert lrn._ref is None  # no copy: the base model is the policy with its adapters disabled
+        first = lrn.train_step(_batch())
+        assert first["kl_ref"] == pytest.approx(0.0, abs=1e-7) and lrn._ref is None
+        assert lrn.train_step(_batch())["kl_ref"] > 1e-5
+    finally:
+        lrn.shutdown()
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("stage", [2])
+def test_lora_two_ranks_match_one_rank(ray_local, tiny_dir, stage):
+    """LoRA on 2 Ray ranks (ZeRO-2; ZeRO-3 is refused at start-up, tests/test_config.py): same loss and same pushed merged weights as one rank at ZeRO-0."""
+    from actors.learner_actor import LearnerGroup
+
+    one = _fresh(tiny_dir, "learner.zero_stage=0", *LORA)
+    ref_m = [one.train_step(_batch()) for _ in range(2)]
+    ref_w = _params(one)
+    one.shutdown()
+    group = LearnerGroup(_cfg(f"learner.zero_stage={stage}", "learner.num_ranks=2", "learner.num_cpus=0", *LORA),
+                         model_path=tiny_dir)
+    try:
+        got = [group.train_step(_batch()) for _ in range(2)]
+        for g, w in zip(got, ref_m):
+            assert g["loss"] == pytest.approx(w["loss"], rel=1e-4, abs=1e-6)
+        pushed = dict(ray_local.get(group.get_weights().ref, timeout=60).named_tensors())
+        assert set(pushed) == set(ref_w) and all(torch.allclose(pushed[k], ref_w[k], atol=1e-4) for k in ref_w)
+    finally:
+        group.shutdown()

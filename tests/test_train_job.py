@@ -114,3 +114,23 @@ def test_resume_equals_uninterrupted(ray_local, synth_dir, tiny_model_dir, tmp_p
     client = MlflowClient(tracking_uri=f"{tmp_path.as_uri()}/mlruns")
     steps = [x.step for x in client.get_metric_history(part_run_id, "policy/version")]
     assert steps == [2, 3, 4] and full_run_id != part_run_id
+
+
+def test_kl_to_the_post_sft_reference_is_logged(ray_local, synth_dir, tiny_model_dir, tmp_path, judge_url):
+    """learner.kl_coef > 0 in a training run: the reference is the policy at the start of the GRPO stage (after
+    SFT moved it, the first GRPO step's KL is 0), the KL grows once GRPO moves the policy, and reaches MLflow."""
+    cfg = _cfg(synth_dir, tiny_model_dir, tmp_path / "run", judge_url, "learner.kl_coef=0.5", "learner.lr=0.01",
+               "stages=[{name: sft, kind: sft, steps: 1}, {name: grpo, kind: grpo, steps: 3}]")
+    trainer = Trainer(cfg)
+    try:
+        trainer.run()
+        kl = dict(_metric_history(trainer, "loss/kl"))
+        kl_ref = dict(_metric_history(trainer, "train/kl_ref"))
+        trained = dict(_metric_history(trainer, "accounting/prompts_trained"))
+    finally:
+        trainer.close()
+    assert kl and kl == kl_ref
+    steps = sorted(kl)
+    assert kl[steps[0]] == pytest.approx(0.0, abs=1e-6)  # π_θ = π_ref: the reference is the post-SFT policy
+    moved = [s for s in steps[1:] if any(trained.get(t, 0) > 0 for t in steps if t < s)]
+    assert moved and all(kl[s] > 0 for s in moved)
