@@ -62,6 +62,11 @@ class RewardWorker:
     def metrics(self) -> dict[str, float]:
         return self._scorer.metrics()
 
+    def cosine(self, refs: Sequence[str], cands: Sequence[str]) -> list[float]:
+        """Raw cosine similarity of each (ref, cand) pair with this worker's similarity model (eval's *_sim
+        columns); NaN where a text is empty."""
+        return [float(v) for v in self._scorer.similarity_model.cosine(list(refs), list(cands))]
+
     def ping(self) -> bool:
         return True
 
@@ -160,6 +165,13 @@ class RewardWorkerPool:
                 ref = self.workers[w].score_batch.remote(shard_items, iou_threshold)
         self.faults["samples_lost"] += len(shard_items)
         return None
+
+    def cosine(self, pairs: Sequence[tuple[str, str]], timeout: Optional[float] = None) -> list[float]:
+        """Raw cosine similarity per (reference, candidate) pair, on the first worker's similarity model."""
+        if not pairs:
+            return []
+        ref = self.workers[0].cosine.remote([r for r, _ in pairs], [c for _, c in pairs])
+        return ray.get(ref, timeout=self.get_timeout_s if timeout is None else timeout)
 
     def score_groups(self, groups: Sequence[Any], instances: Union[Mapping[str, Instance], Sequence[Instance]],
                      iou_threshold: Optional[float] = None, *,

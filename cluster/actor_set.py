@@ -237,6 +237,28 @@ class ActorSet:
         """One list of rewards per group; None for a group whose samples were lost to reward-worker faults."""
         return self.rewards.score_groups(groups, prompts, iou_threshold=tau, timeout=timeout)
 
+    def eval_scorers(self) -> dict[str, Any]:
+        """``judge_fn`` (the run's judge actor, told each pair's task; None without a judge) and ``similarity_fn``
+        (a reward worker's similarity model) for ``rewards.leaderboard.evaluate``. A call that fails leaves its
+        pairs out of the columns, counted there as missing (logged), never a crash of the run."""
+
+        def judge_fn(pairs: list[tuple[str, str]], hints: list[str]) -> list[Optional[float]]:
+            try:
+                outcomes = ray.get(self.judge.score.remote(pairs, hints), timeout=self.timeout)
+            except (ray.exceptions.RayError, TimeoutError) as e:
+                log.warning("eval: judge failed on %d pairs: %s", len(pairs), type(e).__name__)
+                return [None] * len(pairs)
+            return [o.score if o.ok else None for o in outcomes]
+
+        def similarity_fn(pairs: list[tuple[str, str]]) -> list[Optional[float]]:
+            try:
+                return list(self.rewards.cosine(pairs, timeout=self.timeout))
+            except (ray.exceptions.RayError, TimeoutError) as e:
+                log.warning("eval: similarity failed on %d pairs: %s", len(pairs), type(e).__name__)
+                return [None] * len(pairs)
+
+        return {"judge_fn": judge_fn if self.judge is not None else None, "similarity_fn": similarity_fn}
+
     def reward_metrics(self) -> dict[str, float]:
         """Cumulative reward-worker counters and the judge's calls, failures, fallbacks and latency."""
         return {k if k.startswith("judge/") else f"reward_worker/{k}": v for k, v in self.rewards.metrics().items()}

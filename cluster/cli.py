@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 from cluster.config import ConfigError, load_config, to_yaml
 from cluster.tracking import redact
+from rewards.similarity import DEFAULT_MODEL as SIMILARITY_MODEL
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -195,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--judge-model", default="")
     e.add_argument("--judge-base-url", default="http://127.0.0.1:8000/v1")
     e.add_argument("--judge-api-key-env", default="OPENAI_API_KEY")
+    e.add_argument("--similarity-model", default=SIMILARITY_MODEL,
+                   help="sentence-similarity model for the *_sim columns (bundled offline, or a local folder); "
+                        "none: skip them")
     e.add_argument("--data-root", action="append", help="allowed media root (repeatable)")
     e.add_argument("--baseline-from", help="training references to fit the baseline columns on (majority answer, "
                                            "mean segment/box); default: the references themselves")

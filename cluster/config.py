@@ -120,7 +120,39 @@ def _check_values(obj: Any, prefix: str = "") -> None:
                     _check_values(item, f"{key}[{i}].")
 
 
+def _check_pairs(cfg: TrainConfig) -> None:
+    """Keys that only act together with another key: implied by it (``curriculum.enabled`` turns on an unset
+    ``reward.iou_threshold_reward``) or refused at start-up, naming both (never a silent no-op)."""
+    r = cfg.reward
+    if r.length_mode != "none" and r.length_weight <= 0:
+        raise ConfigError(f"reward.length_mode={r.length_mode!r} needs reward.length_weight > 0 (it is "
+                          f"{r.length_weight}, which turns the length reward off); set both, e.g. "
+                          "reward.length_weight=0.5")
+    if r.length_mode == "none" and r.length_weight > 0:
+        raise ConfigError(f"reward.length_weight={r.length_weight} has no effect with reward.length_mode='none'; "
+                          "set reward.length_mode to ecr or cwr, or leave the weight at 0")
+    if r.iou_threshold_reward is None:  # unset: the curriculum implies its thresholded reward
+        r.iou_threshold_reward = cfg.curriculum.enabled
+    if cfg.curriculum.enabled and not r.iou_threshold_reward:
+        raise ConfigError("curriculum.enabled=true with reward.iou_threshold_reward=false: the curriculum's tau only "
+                          "acts through the thresholded grounding reward 1[IoU >= tau]; leave "
+                          "reward.iou_threshold_reward unset (the curriculum turns it on) or disable the curriculum")
+    if r.iou_threshold_reward and not cfg.curriculum.enabled:
+        raise ConfigError("reward.iou_threshold_reward=true needs curriculum.enabled=true, which supplies tau (for a "
+                          "fixed tau set curriculum.tau_max equal to curriculum.tau0)")
+    if cfg.cluster.colocate and not cfg.rollout.enable_sleep_mode:
+        raise ConfigError("cluster.colocate=true needs rollout.enable_sleep_mode=true: colocated rollout engines "
+                          "must sleep while the learner trains on the same GPU")
+    if r.semantic_alignment_weight > 0 and r.judge.backend == "none":
+        raise ConfigError(f"reward.semantic_alignment_weight={r.semantic_alignment_weight} needs a judge: set "
+                          "reward.judge.backend (openai, hf or vllm)")
+    if r.recitation_coef != 0 and not cfg.data.knowledge_file:
+        raise ConfigError(f"reward.recitation_coef={r.recitation_coef} needs data.knowledge_file (the recitation "
+                          "term compares the reasoning with the injected knowledge)")
+
+
 def _check_semantics(cfg: TrainConfig) -> None:
+    _check_pairs(cfg)
     if cfg.learner.clip_high < cfg.learner.clip_low:
         raise ConfigError(f"learner.clip_high={cfg.learner.clip_high} must be >= learner.clip_low={cfg.learner.clip_low}")
     if cfg.curriculum.tau_max < cfg.curriculum.tau0:

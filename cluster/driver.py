@@ -27,7 +27,7 @@ from data.schema import Instance
 from learner.deepspeed_learner import LearnerError
 from learner.experience import PromptGroup
 from learner.losses import compute_advantages, filter_zero_variance
-from rewards.assembly import SampleReward, combine, is_caption, normalization_requests, raw_reward
+from rewards.assembly import SampleReward, combine, normalization_requests, raw_reward
 from rewards.tasks import spec_of
 
 log = logging.getLogger("medgrpo")
@@ -357,7 +357,8 @@ class Trainer:
                                                              call_id=f"{self.global_step}:{rounds}")
             timings["normalize"] += time.perf_counter() - t
             comb = combine(flat, list(normalized), where, judge_weight=cfg.reward.caption_judge_weight,
-                           fallback=cfg.reward.caption_fallback, task_weights=cfg.reward.task_weights)
+                           fallback=cfg.reward.caption_fallback, task_weights=cfg.reward.task_weights,
+                           dvc_caption_weight=cfg.reward.dvc_caption_weight)
             metrics.update({f"normalizer/{k}": v for k, v in norm_metrics.items()})
             for k, v in comb.counters.items():
                 metrics[f"reward/count/{k}"] = metrics.get(f"reward/count/{k}", 0) + v
@@ -455,12 +456,12 @@ class Trainer:
         by_key: dict[str, list[float]] = {}
         reasons: Counter = Counter()
         for s in samples:
-            r = raw_reward(s, self.cfg.reward.caption_judge_weight)
+            r = raw_reward(s, self.cfg.reward.caption_judge_weight, self.cfg.reward.dvc_caption_weight)
             if np.isfinite(r):
                 by_key.setdefault(f"{s.data_source}/{s.qa_type}", []).append(r)
             if s.reason:
                 reasons[s.reason] += 1
-            if s.components.get("judge") is None and is_caption(s.family):
+            if "judge" in s.components and s.components["judge"] is None:  # a judged caption task
                 reasons["judge_missing"] += 1
         allv = [v for vs in by_key.values() for v in vs]
         m["reward/raw_mean"] = float(np.mean(allv)) if allv else float("nan")
@@ -472,12 +473,13 @@ class Trainer:
 
     # -- evaluation ----------------------------------------------------------------------------------------
     def evaluate_result(self) -> dict[str, Any]:
-        """The leaderboard result (``rewards.leaderboard.evaluate``) of greedy answers on the eval split."""
+        """The leaderboard result (``rewards.leaderboard.evaluate``) of greedy answers on the eval split; the run's
+        judge fills the LLM columns when one is configured, the reward workers' similarity model the *_sim ones."""
         from rewards.leaderboard import evaluate
 
         preds = self.actors.predict(self.eval_instances, max_new_tokens=self.cfg.rollout.max_new_tokens,
                                     timeout=self.timeout)
-        return evaluate(self.eval_instances, preds)
+        return evaluate(self.eval_instances, preds, **self.actors.eval_scorers())
 
     def evaluate(self, prefix: str = "eval/") -> dict[str, float]:
         """Eval metrics: ``<prefix><column>`` pooled, ``<prefix>source_mean/<column>``, ``<prefix><source>/..``."""

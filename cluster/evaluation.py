@@ -3,7 +3,9 @@
 Role: the file and command-line side of evaluation. ``data.reader`` reads the references (JSON list, JSONL,
 Parquet), ``data.predictions`` the predictions (JSONL, the leaderboard's ``[{id, qa_type, prediction}]`` list, the
 authors' ``{"0": {"answer": ...}}`` index dict), an optional LLM judge (``rewards.judge.JudgeCore``, run in this
-process without Ray) fills the ``*_llm`` columns, and ``rewards.leaderboard`` does the scoring.
+process without Ray, told each pair's task) fills the ``*_llm`` columns, the sentence-similarity model
+(``--similarity-model``, default the bundled all-MiniLM-L6-v2; ``none`` skips) fills the ``*_sim`` columns, and
+``rewards.leaderboard`` does the scoring.
 
 Evaluation never opens media, so references are read with ``require_media=False`` (paths neither confined nor
 required) unless ``--data-root`` is given, which confines them as training does.
@@ -35,6 +37,7 @@ from rewards.baselines import baseline_table
 from rewards.config import JudgeConfig
 from rewards.judge import JudgeCore
 from rewards.leaderboard import JudgeFn, SimilarityFn, evaluate, format_table
+from rewards.similarity import DEFAULT_MODEL as SIMILARITY_MODEL
 
 PathLike = Union[str, "os.PathLike[str]"]
 JUDGE_CHUNK = 256  # pairs per judge round trip of the evaluator (progress is reported between chunks)
@@ -120,10 +123,13 @@ class EvalJudge:
     def __post_init__(self) -> None:
         self.core = JudgeCore(self.cfg)
 
-    def __call__(self, pairs: list[tuple[str, str]]) -> list[Optional[float]]:
+    def __call__(self, pairs: list[tuple[str, str]],
+                 hints: Optional[Sequence[Optional[str]]] = None) -> list[Optional[float]]:
+        """Rubric scores of ``pairs``; ``hints``: one task hint per pair (``dvc``, ``vs``, ``rc``) or None."""
         out: list[Optional[float]] = []
         for start in range(0, len(pairs), self.chunk):
-            for o in self.core.score(pairs[start:start + self.chunk]):
+            chunk_hints = list(hints[start:start + self.chunk]) if hints is not None else None
+            for o in self.core.score(pairs[start:start + self.chunk], chunk_hints):
                 if o.ok:
                     out.append(o.score)
                     self.ok += 1
@@ -160,6 +166,25 @@ def make_judge(backend: str, model: str = "", base_url: str = "http://127.0.0.1:
         return EvalJudge(cfg, progress=progress)
     except (JudgeBackendUnavailable, ImportError) as e:
         raise EvalInputError(f"judge: backend {backend!r} unavailable: {e}") from None
+
+
+def make_similarity(model: str) -> Optional[SimilarityFn]:
+    """A ``SimilarityFn`` (raw cosine per pair) over ``rewards.similarity.SentenceSimilarity`` of ``model`` (loaded
+    offline, on first use); None for ``none``. Raises ``EvalInputError`` when the model cannot be found."""
+    if model == "none":
+        return None
+    from rewards.similarity import DEFAULT_MODEL, SentenceSimilarity, default_similarity, resolve_model_path
+
+    try:
+        resolve_model_path(model)
+    except FileNotFoundError as e:
+        raise EvalInputError(f"similarity: {e} (--similarity-model none skips the *_sim columns)") from None
+    sim = default_similarity() if model == DEFAULT_MODEL else SentenceSimilarity(model)  # the default: loaded once
+
+    def similarity_fn(pairs: list[tuple[str, str]]) -> list[Optional[float]]:
+        return [float(v) for v in sim.cosine([r for r, _ in pairs], [c for _, c in pairs])]
+
+    return similarity_fn
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -248,8 +273,10 @@ def run_eval(args: argparse.Namespace, *, stdout: Optional[TextIO] = None, stder
                 getattr(args, "judge_base_url", "http://127.0.0.1:8000/v1"),
                 getattr(args, "judge_api_key_env", "OPENAI_API_KEY"),
                 progress=lambda done, total: print(f"judge: {done}/{total} pairs", file=err_f, flush=True))
+        similarity_fn = make_similarity(getattr(args, "similarity_model", SIMILARITY_MODEL) or "none")
         report = evaluate_files(args.references, args.predictions, data_roots=getattr(args, "data_root", None),
-                                judge_fn=judge, baseline_from=getattr(args, "baseline_from", None))
+                                judge_fn=judge, similarity_fn=similarity_fn,
+                                baseline_from=getattr(args, "baseline_from", None))
         if judge is not None:
             report["judge"] = judge.summary()
     except EvalInputError as e:

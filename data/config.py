@@ -22,5 +22,5 @@ class DataConfig:
     max_pixels: int = bounded(48 * 28 * 28, 28 * 28)
     min_pixels: int = bounded(4 * 28 * 28, 28 * 28)
     video_backend: str = choice("auto", "auto", "decord", "pyav")
-    knowledge_file: Optional[str] = None  # VRFT-Aug prior knowledge: JSON {data_source or label: text}
+    knowledge_file: Optional[str] = None  # VRFT-Aug prior knowledge: JSON {data_source, qa_type or class: text}
     eval_max_samples: int = bounded(64, 0)

@@ -45,13 +45,19 @@ class RewardConfig:
     format_gate: bool = True  # reward = format ok × task score (MedGRPO)
     caption_judge_weight: float = bounded(0.5, 0.0, 1.0)  # rest goes to semantic similarity
     caption_fallback: str = choice("similarity_only", "similarity_only", "drop")
+    # DVC reward = (1 - c)·norm(F1) + c·caption reward of the temporally matched segments (rewards/assembly.py);
+    # 0: F1 only, no judge call for DVC
+    dvc_caption_weight: float = bounded(0.5, 0.0, 1.0)
     similarity_model: str = "all-MiniLM-L6-v2"
     length_mode: str = choice("none", *LENGTH_MODES)
     length_target: int = bounded(256, 1)
     length_weight: float = bounded(0.0, 0.0)
+    graded_ordinal: bool = False  # VRFT-Aug multi-grade fuzzy reward: ordinal cls scores 1/(1+d^2) (task_scores)
     recitation_coef: float = 0.0  # VRFT-Aug: negative penalises BLEU to the injected knowledge
     semantic_alignment_weight: float = bounded(0.0, 0.0)  # medical VQA: judge verdict on the reasoning
-    iou_threshold_reward: bool = False  # MedLoc-R1: r = 1[IoU >= tau] for grounding
+    # MedLoc-R1: r = 1[IoU >= tau] for grounding, tau from the curriculum; unset (None): on exactly when
+    # curriculum.enabled (cluster/config.py resolves it at start-up)
+    iou_threshold_reward: Optional[bool] = None
     task_weights: dict[str, float] = dict_of()  # qa_type -> multiplier on the final reward
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 

@@ -18,9 +18,13 @@ under ``parse_failures`` by reason; a reference whose own ground truth is unusab
 qa_type is unknown is left out of every column and counted (``reference_errors``/``unknown_qa_type``); a judge
 reply of None, or one outside [1, 5], is left out of its column and counted in ``judge_missing`` (never a
 silent 0). Without ``judge_fn`` the LLM columns are None and listed in ``skipped``.
+
+Task hints: a ``judge_fn`` that takes a ``hints`` keyword gets one task hint per pair (``dvc``, ``vs``, ``rc``), so
+the judge is told which captioning task it grades, as in training (rewards/judge_rubric.py).
 """
 from __future__ import annotations
 
+import inspect
 import math
 from collections import Counter, defaultdict
 from typing import Any, Callable, Collection, Mapping, Optional, Sequence
@@ -31,7 +35,7 @@ from rewards import parsing as P
 from rewards import tasks as T
 from rewards.task_scores import score
 
-JudgeFn = Callable[[list[tuple[str, str]]], Sequence[Optional[float]]]
+JudgeFn = Callable[..., Sequence[Optional[float]]]  # (pairs) or (pairs, hints=...) -> 1-5 score or None per pair
 SimilarityFn = Callable[[list[tuple[str, str]]], Sequence[Optional[float]]]
 
 
@@ -61,8 +65,17 @@ def _valid(v: Any, lo: float, hi: float) -> Optional[float]:
     return v if math.isfinite(v) and lo <= v <= hi else None
 
 
-def _call(fn: Callable[..., Sequence[Optional[float]]], name: str, pairs: list[tuple[str, str]]) -> list[Any]:
-    out = list(fn(pairs))
+def takes_hints(fn: Callable[..., Any]) -> bool:
+    """``fn`` accepts a ``hints`` keyword (one task hint per pair)."""
+    try:
+        return "hints" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _call(fn: Callable[..., Sequence[Optional[float]]], name: str, pairs: list[tuple[str, str]],
+          hints: list[str]) -> list[Any]:
+    out = list(fn(pairs, hints=hints) if takes_hints(fn) else fn(pairs))
     if len(out) != len(pairs):
         raise ValueError(f"{name} returned {len(out)} scores for {len(pairs)} pairs; it must return one per pair")
     return out
@@ -73,7 +86,8 @@ def evaluate(references: Sequence[Instance], predictions: Mapping[str, str], *,
     """Score ``predictions`` (reference uid, or id, -> text) against ``references`` (module docstring for the
     matching and counting rules).
 
-    ``judge_fn(pairs)`` gets ``[(reference, candidate), ...]`` and returns one 1–5 score or None per pair;
+    ``judge_fn(pairs)`` gets ``[(reference, candidate), ...]`` (and ``hints=[family, ...]`` when it takes that
+    keyword) and returns one 1–5 score or None per pair;
     ``similarity_fn`` the same with cosine similarities in [-1, 1]. Returns ``{"table", "by_source", "counts",
     "skipped", "columns", "source_mean"}``: ``table`` (pooled over every reference), ``by_source[source]`` and
     ``source_mean`` (the mean of the per-source means) map column -> value (None: no data or skipped).
@@ -133,12 +147,13 @@ def evaluate(references: Sequence[Instance], predictions: Mapping[str, str], *,
                 missing_by_col[col] += 0 if has_pred else 1  # type: ignore[index]
 
     pairs = [(r, c) for _, _, r, c in queue]
+    hints = [spec.name for spec, _, _, _ in queue]
     for fn, name, column_of, lo, hi, missing_counter in (
             (judge_fn, "judge_fn", T.TaskSpec.llm_column, 1.0, 5.0, judge_missing),
             (similarity_fn, "similarity_fn", T.TaskSpec.sim_column, -1.0, 1.0, sim_missing)):
         if fn is None or not pairs:
             continue
-        for (spec, src, _, _), raw in zip(queue, _call(fn, name, pairs)):
+        for (spec, src, _, _), raw in zip(queue, _call(fn, name, pairs, hints)):
             v = _valid(raw, lo, hi)
             col = column_of(spec)
             if v is None:

@@ -141,20 +141,36 @@ def _segment_iou_matrix(pred: Sequence[Segment], gt: Sequence[Segment]) -> np.nd
     return np.clip(np.nan_to_num(iou, nan=0.0), 0.0, 1.0)
 
 
-def _greedy_matches(iou: np.ndarray, theta: float) -> int:
-    """One-to-one matches of the greedy rule (module docstring) on a ``[gt, pred]`` IoU array."""
+def _greedy_pairs(iou: np.ndarray, theta: float) -> list[tuple[int, int]]:
+    """(reference, prediction) index pairs of the greedy one-to-one rule (module docstring) on a ``[gt, pred]``
+    IoU array."""
     gi, pi = np.nonzero(iou >= theta)
     order = np.lexsort((pi, gi, -iou[gi, pi]))  # descending IoU, then earlier reference, then earlier prediction
     most = min(iou.shape)
     used_g: set[int] = set()
     used_p: set[int] = set()
+    pairs: list[tuple[int, int]] = []
     for g, p in zip(gi[order].tolist(), pi[order].tolist()):
         if g not in used_g and p not in used_p:
             used_g.add(g)
             used_p.add(p)
-            if len(used_g) == most:
+            pairs.append((g, p))
+            if len(pairs) == most:
                 break
-    return len(used_g)
+    return pairs
+
+
+def _greedy_matches(iou: np.ndarray, theta: float) -> int:
+    """Number of one-to-one matches of the greedy rule on a ``[gt, pred]`` IoU array."""
+    return len(_greedy_pairs(iou, theta))
+
+
+def matched_segments(pred: Sequence[Segment], gt: Sequence[Segment], theta: float) -> list[tuple[int, int]]:
+    """The (reference index, prediction index) pairs the DVC F1 matches at tIoU ≥ ``theta``, by reference index
+    (the first ``MAX_DVC_EVENTS`` of each side, as the F1)."""
+    if not pred or not gt:
+        return []
+    return sorted(_greedy_pairs(_segment_iou_matrix(pred[:MAX_DVC_EVENTS], gt[:MAX_DVC_EVENTS]), theta))
 
 
 def dvc_f1(pred: Sequence[Segment], gt: Sequence[Segment],

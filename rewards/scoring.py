@@ -1,9 +1,11 @@
 """Score a batch of rollouts into raw reward components (Ray-free; normalization happens after, once per step).
 
 Per sample: the rule-based task score (``rewards.task_scores.score``); for the caption tasks whose reward uses
-them (``judged_in_reward`` in rewards/tasks.py: VS, RC) also the semantic similarity to the reference
-(rewards/similarity.py) and the LLM judge's rubric reward part (rewards/judge.py); for VQA (``reasoning``), optionally the judge's
-semantic-alignment verdict; and the configured shaping terms (length, recitation, alignment). Judge calls are
+them (``judged_in_reward`` in rewards/tasks.py: VS, RC, and DVC unless ``reward.dvc_caption_weight`` is 0:
+``rewards.assembly.caption_judged``) also the semantic similarity to the reference and the LLM judge's rubric reward
+part, on the caption pairs of ``rewards.task_scores.caption_pairs`` (DVC: one pair per temporally matched segment,
+averaged over the reference events); for VQA (``reasoning``), optionally the judge's semantic-alignment verdict;
+and the configured shaping terms (length, recitation, alignment). Judge calls are
 submitted first (any ``JudgeClient``: a Ray actor's ObjectRefs in actors/reward_worker.py, or a ``JudgeCore`` on a
 thread here) so the judge works while the scorer does the rule-based scoring and the embeddings; it gathers them
 last, with a timeout.
@@ -21,12 +23,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union
 
+from data.knowledge import knowledge_text
 from data.schema import Instance
-from rewards.assembly import JUDGE, SIMILARITY, TASK, SampleReward, is_caption
+from rewards.assembly import JUDGE, SIMILARITY, TASK, SampleReward, caption_judged
 from rewards.config import RewardConfig
 from rewards.judge import JudgeCore, JudgeOutcome
-from rewards.parsing import answer_text
 from rewards.shaping import length_reward, reasoning_text, recitation_reward
+from rewards.task_scores import caption_pairs, score as task_score
 from rewards.tasks import family_of, spec_of
 
 log = logging.getLogger(__name__)
@@ -48,14 +51,14 @@ class ScoredSample(SampleReward):
     """``SampleReward`` (what ``rewards.assembly`` combines) plus what the driver logs and counts.
 
     ``components``: raw parts, ``task`` always, ``judge`` (reward part (score-1)/4, or None) and ``similarity``
-    for caption tasks, ``alignment`` (1/0 or None) for VQA when enabled. ``reasons``: every reason code of the
-    sample (``task_<code>``, ``judge_<code>``, ``alignment_<code>``, ...). ``judge_missing``: the judge part was
-    wanted and is absent. ``details``: the task scorer's own components (IoU, F1, ...).
+    for judged caption tasks (DVC: summed over the matched segments / number of reference events), ``alignment``
+    (1/0 or None) for VQA when enabled. ``reasons``: every reason code of the sample (``task_<code>``,
+    ``judge_<code>``, ``alignment_<code>``, ...). ``judge_missing``: the judge part was wanted and is absent. ``details``: the task scorer's own components (IoU, F1, ...).
     """
 
     format_ok: bool = False
     judge_missing: bool = False
-    judge_score: Optional[float] = None  # mean rubric score, 1-5 (the VS/RC metric)
+    judge_score: Optional[float] = None  # mean rubric score, 1-5 (the VS/RC metric; DVC: over matched segments)
     reasons: list[str] = field(default_factory=list)
     details: dict[str, float] = field(default_factory=dict)
 
@@ -85,14 +88,6 @@ class LocalJudgeClient:
 
     def gather(self, handle: Future, timeout_s: float) -> list[JudgeOutcome]:
         return handle.result(timeout=timeout_s)
-
-
-def _default_score_fn() -> Callable[..., Any]:
-    try:
-        from rewards.task_scores import score
-    except ImportError as e:
-        raise ImportError("rewards.task_scores.score is needed for rule-based task scores") from e
-    return score
 
 
 def _float_or_none(v: Any) -> Optional[float]:
@@ -125,9 +120,10 @@ class RewardScorer:
 
     ``score_fn``: the rule-based scorer (default ``rewards.task_scores.score``). ``similarity``: an object with
     ``similarity(refs, cands) -> array`` (default: all-MiniLM-L6-v2, loaded on the first caption).
-    ``knowledge``: VRFT-Aug prior knowledge by data_source (for the recitation term; an instance's
-    ``extra["knowledge"]`` takes precedence). ``judge_wait_s``: how long to wait for the judge's answers
-    (default: derived from the judge's timeout, retries and batch size).
+    ``knowledge``: VRFT-Aug prior-knowledge entries as in the knowledge file (``data.knowledge``: keyed by data
+    source, task or class name); the recitation term compares the reasoning with the text the prompt was given
+    (an instance's ``extra["knowledge"]``, else ``knowledge_text`` of these entries). ``judge_wait_s``: how long
+    to wait for the judge's answers (default: derived from the judge's timeout, retries and batch size).
     """
 
     def __init__(self, cfg: RewardConfig, judge: Optional[JudgeClient] = None, *,
@@ -144,9 +140,7 @@ class RewardScorer:
     # -- lazy dependencies ---------------------------------------------------------------------------------
     @property
     def score_fn(self) -> Callable[..., Any]:
-        if self._score_fn is None:
-            self._score_fn = _default_score_fn()
-        return self._score_fn
+        return self._score_fn or task_score
 
     @property
     def similarity_model(self) -> Any:
@@ -172,17 +166,17 @@ class RewardScorer:
         families = [family_of(it.instance) for it in batch]
         t0 = time.monotonic()
 
-        # 1. judge requests go out first (for the caption families whose reward uses the judge: VS, RC). The judge
-        # and the similarity model compare the answer part with the reference, as the leaderboard does; the
-        # reasoning is for the alignment check.
-        judge_idx = [i for i, f in enumerate(families) if f is not None and is_caption(f)]
-        captions = {i: answer_text(batch[i].text) for i in judge_idx}
+        # 1. judge requests go out first, for the caption pairs of every judged caption task (VS, RC, and DVC's
+        # matched segments unless reward.dvc_caption_weight is 0). The judge and the similarity model compare the
+        # answer part with the reference, as the leaderboard does; the reasoning is for the alignment check.
+        judge_idx = [i for i, f in enumerate(families) if f is not None and caption_judged(f, self.cfg)]
+        cps = {i: caption_pairs(batch[i].instance, batch[i].text) for i in judge_idx}
+        owner = [i for i in judge_idx for _ in cps[i].pairs]
+        pairs = [p for i in judge_idx for p in cps[i].pairs]
         judge_handle, judge_err = None, None
-        asked = [i for i in judge_idx if (batch[i].instance.answer or "").strip()]
-        if self.judge is not None and asked:
+        if self.judge is not None and pairs:
             try:
-                judge_handle = self.judge.submit_score(
-                    [(batch[i].instance.answer, captions[i]) for i in asked], [families[i] for i in asked])
+                judge_handle = self.judge.submit_score(pairs, [families[i] for i in owner])
             except Exception as e:  # noqa: BLE001 - a dead judge must not take the worker down
                 judge_err = f"judge_unavailable: {type(e).__name__}: {e}"
         align_idx = [i for i, it in enumerate(batch) if (sp := spec_of(it.instance)) is not None and sp.reasoning] \
@@ -195,37 +189,44 @@ class RewardScorer:
             except Exception as e:  # noqa: BLE001
                 align_err = f"judge_unavailable: {type(e).__name__}: {e}"
 
-        # 2. rule-based scores and similarity while the judge works
+        # 2. rule-based scores and similarity while the judge works; a caption part is the sum over the sample's
+        # pairs divided by its number of reference captions (DVC: an unmatched reference event adds 0)
         thr = iou_threshold if self.cfg.iou_threshold_reward else None
         out = [self._task_part(it, fam, thr) for it, fam in zip(batch, families)]
-        sim_idx = [i for i in judge_idx if (batch[i].instance.answer or "").strip()]
+        sims = self.similarity_model.similarity([r for r, _ in pairs], [c for _, c in pairs]) if pairs else []
+        sim_sum: Counter = Counter()
+        for i, v in zip(owner, sims):
+            sim_sum[i] += float(v)
         for i in judge_idx:
-            if i not in sim_idx:
+            if cps[i].n == 0:
                 out[i].components[SIMILARITY] = None
                 out[i].reasons.append("similarity_no_reference")
-        if sim_idx:
-            sims = self.similarity_model.similarity([batch[i].instance.answer for i in sim_idx],
-                                                    [captions[i] for i in sim_idx])
-            for i, s in zip(sim_idx, sims):
-                out[i].components[SIMILARITY] = float(s)
+            else:
+                out[i].components[SIMILARITY] = sim_sum[i] / cps[i].n
 
         # 3. gather the judge
         t_judge = time.monotonic()
-        judged = dict(zip(asked, self._gather(judge_handle, judge_err, len(asked))))
+        outcomes = self._gather(judge_handle, judge_err, len(pairs))
         self.counts["judge_wait_s"] += time.monotonic() - t_judge  # what the judge added to scoring's wall time
+        by_owner: dict[int, list[JudgeOutcome]] = {i: [] for i in judge_idx}
+        for i, oc in zip(owner, outcomes):
+            by_owner[i].append(oc)
         for i in judge_idx:
             s = out[i]
+            ocs = by_owner[i]
+            failed = next((oc for oc in ocs if not oc.ok), None)
             if self.judge is None:
-                oc = JudgeOutcome(reason="disabled")
-            elif not (batch[i].instance.answer or "").strip():
-                oc = JudgeOutcome(reason="no_reference")
+                failed = JudgeOutcome(reason="disabled")
+            elif cps[i].n == 0:
+                failed = JudgeOutcome(reason="no_reference")
+            s.judge_missing = failed is not None
+            if failed is not None:
+                s.components[JUDGE] = None
+                s.judge_score = None
+                s.reasons.append(f"judge_{failed.reason}")
             else:
-                oc = judged[i]
-            s.components[JUDGE] = oc.reward if oc.ok else None
-            s.judge_score = oc.score if oc.ok else None
-            s.judge_missing = not oc.ok
-            if not oc.ok:
-                s.reasons.append(f"judge_{oc.reason}")
+                s.components[JUDGE] = sum(float(oc.reward) for oc in ocs) / cps[i].n
+                s.judge_score = sum(float(oc.score) for oc in ocs) / len(ocs) if ocs else None
         if align_idx:
             aligned = self._gather(align_handle, align_err, len(align_idx))
             for i, oc in zip(align_idx, aligned):
@@ -253,9 +254,11 @@ class RewardScorer:
             s.reason = "unknown_qa_type"
             s.reasons.append("task_unknown_qa_type")
             return s
+        # graded_ordinal only when on, so a score_fn written without that option keeps working
+        graded = {"graded_ordinal": True} if self.cfg.graded_ordinal else {}
         try:
             res = self.score_fn(inst, it.text, iou_threshold=thr, format_gate=self.cfg.format_gate,
-                                require_think=self.cfg.require_think)
+                                require_think=self.cfg.require_think, **graded)
         except Exception as e:  # noqa: BLE001 - counted and logged; one bad sample must not kill the step
             log.warning("task scoring failed for %s (%s): %s: %s", inst.id, inst.qa_type, type(e).__name__, e,
                         exc_info=True)
@@ -312,7 +315,9 @@ class RewardScorer:
                 s.shaping["length"] = cfg.length_weight * length_reward(
                     it.n_tokens, cfg.length_target, correct=bool(s.correct), mode=cfg.length_mode)
         if cfg.recitation_coef != 0:
-            knowledge = it.instance.extra.get("knowledge") or self.knowledge.get(it.instance.data_source)
+            # the text the rollout injected: extra["knowledge"], else the file's entries as the prompt looks them up
+            # (data source, task, then each candidate class; data.knowledge.knowledge_text)
+            knowledge = it.instance.extra.get("knowledge") or knowledge_text(it.instance, self.knowledge)
             if knowledge:
                 s.shaping["recitation"] = recitation_reward(reasoning_text(it.text), knowledge, cfg.recitation_coef)
 

@@ -3,8 +3,11 @@
 Role: score through the instance's ``TaskSpec`` (``rewards/tasks.py``: parser, ground truth, metric, format check)
 and return a ``TaskScore``. MedGRPO: ``score = format gate × task metric``; MedLoc-R1 (``iou_threshold`` given):
 grounding families (tag, stg, box) score ``1[IoU ≥ τ]`` while ``components['iou']`` keeps the IoU.
+VRFT-Aug (``graded_ordinal``): an ordinal classification (cls with ``struc_info["ordinal"]``) scores
+``1 / (1 + d²)`` of its grade distance ``d`` instead of 0/1 accuracy.
 Caption families (vs, rc, dvc) set ``needs_judge``: their judge and semantic-similarity parts are added by the
-caller; the rule part is the DVC F1, and 0 for vs/rc.
+caller on the (reference, candidate) caption pairs of ``caption_pairs`` (DVC: one pair per temporally matched
+segment); the rule part is the DVC F1, and 0 for vs/rc.
 
 Components per family (all in [0, 1]): every family has ``format`` (1/0); tag/stg/box ``iou``; dvc ``f1``;
 nap/sa/cvs/vqa/cls ``acc``; cls with an ordinal label list also ``grade_dist`` (label steps, not in [0, 1]);
@@ -22,6 +25,7 @@ from data.schema import Instance
 from rewards import metrics as M
 from rewards import parsing as P
 from rewards import tasks as T
+from rewards.shaping import graded_reward
 
 
 @dataclass
@@ -53,12 +57,12 @@ def _grade_distance(spec: T.TaskSpec, inst: Instance, pred: P.Parsed[Any], ref: 
 
 
 def score(instance: Instance, prediction: Any, *, iou_threshold: Optional[float] = None,
-          format_gate: bool = True, require_think: bool = False) -> TaskScore:
+          format_gate: bool = True, require_think: bool = False, graded_ordinal: bool = False) -> TaskScore:
     """Raw task score of ``prediction`` for ``instance`` (module docstring).
 
     ``iou_threshold``: MedLoc-R1 τ in [0, 1] for grounding families. ``format_gate``: multiply by the strict
     format check (MedGRPO; the leaderboard passes False). ``require_think``: the gate also demands the
-    ``<think>…</think><answer>…</answer>`` layout.
+    ``<think>…</think><answer>…</answer>`` layout. ``graded_ordinal``: ordinal classes score ``1/(1+d²)``.
     """
     if iou_threshold is not None and not (isinstance(iou_threshold, (int, float))
                                           and math.isfinite(iou_threshold) and 0.0 <= iou_threshold <= 1.0):
@@ -93,7 +97,34 @@ def score(instance: Instance, prediction: Any, *, iou_threshold: Optional[float]
     value = comps.get(spec.score_key, 0.0) if spec.score_key else 0.0
     if iou_threshold is not None and spec.grounding:
         value = 1.0 if comps.get("iou", 0.0) >= iou_threshold else 0.0
+    if graded_ordinal and "grade_dist" in comps:
+        value = graded_reward(comps["grade_dist"], 0.0)
     if format_gate and not fmt_ok:
         value = 0.0
     value = min(1.0, max(0.0, float(value)))
     return TaskScore(value, comps, fmt_ok, reason, spec.caption, fam, fmt_reason)
+
+
+@dataclass
+class CaptionPairs:
+    """The caption texts a judge and the similarity model compare for one prediction.
+
+    ``pairs``: (reference caption, candidate caption). ``n``: how many reference captions the caption part averages
+    over: 1 for vs/rc; for DVC the number of reference events with a caption, so a reference event that no
+    predicted segment matches counts as a 0 (its caption was not written). ``n == 0``: nothing to compare (no
+    reference caption); ``reason`` says why.
+    """
+
+    pairs: list[tuple[str, str]]
+    n: int
+    reason: Optional[str] = None
+
+
+def caption_pairs(instance: Instance, prediction: Any) -> CaptionPairs:
+    """Caption pairs of a prediction for a family whose reward is judged (its spec's ``caption_pairs``:
+    vs/rc the whole answer, DVC one pair per temporally matched segment, rewards/tasks.py); none for the others."""
+    spec = T.spec_of(instance)
+    if spec is None or spec.caption_pairs is None:
+        return CaptionPairs([], 0, "not_a_caption_task")
+    pairs, n, reason = spec.caption_pairs(instance, prediction)
+    return CaptionPairs(pairs, n, reason if reason is not None or n else "no_reference")

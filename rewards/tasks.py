@@ -17,6 +17,7 @@ from rewards import metrics as M
 from rewards import parsing as P
 
 Components = dict[str, float]
+CaptionPairList = tuple[list[tuple[str, str]], int, Optional[str]]  # (pairs, reference captions, reason)
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,12 @@ class TaskSpec:
     ``format_check(answer_text, offered)``: None when the prepared answer follows the layout strictly, else a
     reason code; ``offered``: what the instance offers to choose from and parse/format_check get ("labels":
     ``parsing.labels_for``, "choices": ``parsing.choices_for``, None: nothing); ``columns``: the leaderboard's rule
-    columns. Flags: ``caption`` free text, judged (1-5 rubric) and embedded against the reference on the
-    leaderboard (``<name>_llm``, ``<name>_sim``); ``judged_in_reward`` the training reward is judge + similarity
-    (rewards/assembly.py) instead of the task score; ``grounding`` IoU-scored (MedLoc-R1 threshold and curriculum,
+    columns. ``caption_pairs(instance, text)``: the (reference, candidate) caption pairs the reward's judge and
+    similarity model compare, the number of reference captions they average over, and a reason when there are
+    none (``rewards.task_scores.CaptionPairs``). Flags: ``caption`` free text, judged (1-5 rubric) and embedded
+    against the reference on the leaderboard (``<name>_llm``, ``<name>_sim``); ``judged_in_reward`` the training
+    reward has judge + similarity parts on ``caption_pairs`` (rewards/assembly.py): the reward alone without a
+    ``score_key`` (vs, rc), mixed with the task score by ``reward.dvc_caption_weight`` with one (dvc); ``grounding`` IoU-scored (MedLoc-R1 threshold and curriculum,
     mean-box baselines); ``accuracy`` a score of 1 means correct (length shaping, majority baselines); ``ordinal``
     an ordinal label list adds ``grade_dist``; ``reasoning`` (medical VQA) the ``<think>/<answer>`` layout is always
     reported and the judge's semantic-alignment verdict on the reasoning may shape the reward.
@@ -55,6 +59,7 @@ class TaskSpec:
     columns: tuple[Column, ...] = ()
     qa_types: tuple[str, ...] = ()
     offered: Optional[str] = None
+    caption_pairs: Optional[Callable[[Instance, Any], CaptionPairList]] = None
     caption: bool = False
     judged_in_reward: bool = False
     grounding: bool = False
@@ -135,7 +140,7 @@ def spec_of(item: Union[Instance, str]) -> Optional[TaskSpec]:
 
 
 def judged_in_reward(family: str) -> bool:
-    """Whether ``family``'s training reward is judge + similarity (False for an unknown family)."""
+    """Whether ``family``'s training reward has judge + similarity parts (False for an unknown family)."""
     spec = _REGISTRY.get(family)
     return bool(spec and spec.judged_in_reward)
 
@@ -168,6 +173,31 @@ def _dvc_f1(pred: Any, ref: Any, inst: Instance) -> Components:
     return {"f1": M.dvc_f1([(e.start, e.end) for e in pred], [(e.start, e.end) for e in ref])}
 
 
+def _answer_caption_pairs(inst: Instance, text: Any) -> CaptionPairList:
+    """vs/rc: the reference answer against the prediction's answer part (one pair)."""
+    if not (inst.answer or "").strip():
+        return [], 0, "no_reference"
+    return [(inst.answer, P.answer_text(text))], 1, None
+
+
+def _event_caption_pairs(inst: Instance, text: Any) -> CaptionPairList:
+    """DVC: reference and predicted events matched one-to-one by the F1's greedy temporal matching
+    (``metrics.matched_segments``) at the loosest F1 threshold (tIoU 0.3: every pair the F1 counts at some
+    threshold is judged); each match compares the two events' captions. The count is the reference events with a
+    caption, so an event no prediction matches adds 0 to the caption part."""
+    gt = P.gt_events(inst)
+    refs = [e for e in gt.value if e.caption.strip()] if gt.ok else []  # type: ignore[union-attr]
+    if not refs:
+        return [], 0, "no_reference"
+    p = P.parse_events(text)
+    if not p.ok:
+        return [], len(refs), p.reason
+    pred = p.value
+    matches = M.matched_segments([(e.start, e.end) for e in pred], [(e.start, e.end) for e in refs],  # type: ignore[union-attr]
+                                 M.DVC_TIOU_THRESHOLDS[0])
+    return [(refs[g].caption, pred[j].caption) for g, j in matches], len(refs), None  # type: ignore[index]
+
+
 def _plain(parse: Callable[[Any], P.Parsed[Any]]) -> Callable[[Any, Any], P.Parsed[Any]]:
     return lambda text, offered: parse(text)
 
@@ -178,7 +208,8 @@ def _plain_check(check: Callable[[str], Optional[str]]) -> Callable[[str, Any], 
 
 def _caption(name: str) -> TaskSpec:
     return TaskSpec(name, _plain(P.parse_caption), P.gt_caption, lambda pred, ref, inst: {}, None,
-                    _plain_check(P.caption_format), qa_types=qa_types_of(name), caption=True, judged_in_reward=True)
+                    _plain_check(P.caption_format), qa_types=qa_types_of(name), caption_pairs=_answer_caption_pairs,
+                    caption=True, judged_in_reward=True)
 
 
 def _acc(name: str, parse: Callable[[Any, Any], P.Parsed[Any]], gt: Callable[[Instance], P.Parsed[Any]],
@@ -198,9 +229,11 @@ for _spec in (
     TaskSpec("tag", _plain(P.parse_segments), P.gt_segments, _compare("temporal_iou", "iou"), "iou",
              _plain_check(P.segments_format), (Column("tag_miou@0.3", "iou", 0.3), Column("tag_miou@0.5", "iou", 0.5)),
              qa_types_of("tag"), grounding=True),
-    # DVC is judged on the leaderboard (dvc_llm) but its training reward is the F1 alone (judged_in_reward False)
+    # DVC: F1 and the judged captions of its temporally matched segments, in training (reward.dvc_caption_weight)
+    # as on the leaderboard (dvc_f1, dvc_llm)
     TaskSpec("dvc", _plain(P.parse_events), P.gt_events, _dvc_f1, "f1", _plain_check(P.events_format),
-             (Column("dvc_f1", "f1"),), qa_types_of("dvc"), caption=True),
+             (Column("dvc_f1", "f1"),), qa_types_of("dvc"), caption_pairs=_event_caption_pairs, caption=True,
+             judged_in_reward=True),
     _caption("vs"),
     _caption("rc"),
     _acc("vqa", P.parse_choice, P.gt_choice, "choice_accuracy", P.choice_format, offered="choices",

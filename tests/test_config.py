@@ -109,3 +109,28 @@ def test_kl_reference_and_lora_keys_are_checked(tmp_path):
         load_config(None, ["model.lora_rank=8", "learner.zero_stage=3"])
     with pytest.raises(ConfigError, match=r"model\.lora_rank > 0 with rollout\.weight_path=nccl"):
         load_config(None, ["model.lora_rank=8", "rollout.backend=vllm", "rollout.weight_path=nccl"])
+
+
+def test_half_switches_are_refused_or_implied_at_start_up():
+    """A key that only acts with another is implied by it or refused by load_config, naming both keys."""
+    for overrides, both in (
+            (["reward.length_mode=cwr"], ("reward.length_mode", "reward.length_weight")),
+            (["reward.length_weight=0.5"], ("reward.length_weight", "reward.length_mode")),
+            (["curriculum.enabled=true", "reward.iou_threshold_reward=false"],
+             ("curriculum.enabled", "reward.iou_threshold_reward")),
+            (["reward.iou_threshold_reward=true"], ("reward.iou_threshold_reward", "curriculum.enabled")),
+            (["cluster.colocate=true"], ("cluster.colocate", "rollout.enable_sleep_mode")),
+            (["reward.semantic_alignment_weight=0.5"], ("reward.semantic_alignment_weight", "reward.judge.backend")),
+            (["reward.recitation_coef=-0.5"], ("reward.recitation_coef", "data.knowledge_file"))):
+        with pytest.raises(ConfigError) as e:
+            load_config("cpu_demo", overrides)
+        assert all(k in str(e.value) for k in both), (overrides, str(e.value))
+    # the preset's own hint works when followed
+    assert load_config("medvqa_drgrpo", ["reward.length_mode=cwr", "reward.length_weight=0.5"]).reward.length_weight == 0.5
+    # the curriculum implies its thresholded reward; without it the reward stays plain IoU
+    assert load_config("cpu_demo", ["curriculum.enabled=true"]).reward.iou_threshold_reward is True
+    assert load_config("cpu_demo").reward.iou_threshold_reward is False
+    assert load_config("medgrpo_7b", ["cluster.colocate=true", "rollout.num_gpus=0.5",
+                                      "learner.num_gpus=0.5"]).cluster.colocate
+    for preset in ("cpu_demo", "medgrpo_7b", "medloc_r1", "medvqa_drgrpo"):
+        load_config(preset)

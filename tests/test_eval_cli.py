@@ -268,3 +268,28 @@ def test_reader_require_media_false_accepts_foreign_and_absent_media(tmp_path):
 
     with pytest.raises(EvalInputError, match="no usable row among 3"):
         evaluate_files(p, tmp_path / "none.json", data_roots=[str(tmp_path / "x")])
+
+
+def test_eval_judge_gets_task_hints_and_similarity_columns_fill_by_default(synth_dir, refs, tmp_path, server,
+                                                                          monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    preds = _write_predictions(tmp_path / "p.jsonl", refs, "jsonl")
+    out = tmp_path / "m.json"
+    args = _args(synth_dir / "eval.jsonl", preds, out, judge="openai", judge_model="judge-model",
+                 judge_base_url=server.url, judge_api_key_env=KEY_ENV)
+    assert not hasattr(args, "similarity_model")  # the CLI's default applies: the bundled all-MiniLM-L6-v2
+    rc, stdout, stderr = _run(args)
+    assert rc == 0, stderr
+    report = json.loads(out.read_text())
+    tasks = [next(m["content"] for m in body["messages"] if m["role"] == "user").split("\n")[0]
+             for _, body in server.requests]
+    assert sum("Task: dense video captions" in t for t in tasks) == 4  # one per dvc reference (distinct pairs)
+    assert sum("Task: video summary" in t for t in tasks) == 4 and sum("Task: region caption" in t for t in tasks) == 4
+    for col in ("dvc_sim", "vs_sim", "rc_sim"):  # perfect predictions: cosine 1
+        assert report["table"][col] == pytest.approx(1.0, abs=1e-4) and report["counts"]["n"][col] == 4, col
+    assert report["table"]["vs_llm"] == pytest.approx(3.6)
+
+    rc, stdout, _ = _run(_args(synth_dir / "eval.jsonl", preds, out, similarity_model="none"))
+    assert rc == 0 and "vs_sim" not in json.loads(out.read_text())["columns"]
+    rc, _, stderr = _run(_args(synth_dir / "eval.jsonl", preds, out, similarity_model=str(tmp_path / "nowhere")))
+    assert rc == 2 and "similarity" in stderr and "--similarity-model none" in stderr and stderr.count("\n") == 1

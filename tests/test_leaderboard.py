@@ -174,3 +174,16 @@ def test_id_keyed_predictions_still_work_for_unique_ids():
     res = evaluate(refs, {"a": "0-10 seconds.", "b#tal": "0-5 seconds.", "b": "ignored: the uid wins"})
     assert res["table"]["tag_miou@0.3"] == pytest.approx((1.0 + 0.5) / 2)
     assert res["counts"]["unmatched_predictions"] == 1 and res["counts"]["ambiguous_id"] == 0
+
+
+def test_a_judge_that_takes_hints_is_told_each_pairs_task(case):
+    refs, preds = case
+    seen = []
+
+    def judge(pairs, hints):
+        seen.extend(zip(pairs, hints))
+        return [3.0] * len(pairs)
+
+    res = evaluate(refs, preds, judge_fn=judge)
+    assert sorted((c, h) for (_, c), h in seen) == [("cand one", "vs"), ("cand r", "rc"), ("cand two", "vs")]
+    assert res["table"]["vs_llm"] == pytest.approx(2.0)  # v3 has no prediction: 0
