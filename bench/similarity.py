@@ -55,12 +55,13 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from bench.common import Report, compare, examples_path, fmt_num, parser, ratio
-from rewards.tasks import specs
+from rewards.tasks import answer_caption_pairs, specs
 
 G = 8  # predictions per reference (the MedGRPO recipe's group size)
 VARIANTS = ("reference", "first_half", "first_sentence", "other_row", "empty", "in_prose", "first_half_again",
             "words_dropped")
-CAPTION_FAMILIES = tuple(s.name for s in specs() if s.judged_in_reward)  # the captions whose reward is similarity
+# the free-text captions: the whole answer is the one caption the reward judges (DVC judges per matched segment)
+CAPTION_FAMILIES = tuple(s.name for s in specs() if s.judged_in_reward and s.caption_pairs is answer_caption_pairs)
 SAME_ATOL = 1e-6  # scores closer than this are "the same" (batch composition moves the model's output ~1e-7)
 TAGGED_THINK = "I look at the instruments and how they move before I describe the clip."
 

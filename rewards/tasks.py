@@ -173,7 +173,7 @@ def _dvc_f1(pred: Any, ref: Any, inst: Instance) -> Components:
     return {"f1": M.dvc_f1([(e.start, e.end) for e in pred], [(e.start, e.end) for e in ref])}
 
 
-def _answer_caption_pairs(inst: Instance, text: Any) -> CaptionPairList:
+def answer_caption_pairs(inst: Instance, text: Any) -> CaptionPairList:
     """vs/rc: the reference answer against the prediction's answer part (one pair)."""
     if not (inst.answer or "").strip():
         return [], 0, "no_reference"
@@ -208,7 +208,7 @@ def _plain_check(check: Callable[[str], Optional[str]]) -> Callable[[str, Any], 
 
 def _caption(name: str) -> TaskSpec:
     return TaskSpec(name, _plain(P.parse_caption), P.gt_caption, lambda pred, ref, inst: {}, None,
-                    _plain_check(P.caption_format), qa_types=qa_types_of(name), caption_pairs=_answer_caption_pairs,
+                    _plain_check(P.caption_format), qa_types=qa_types_of(name), caption_pairs=answer_caption_pairs,
                     caption=True, judged_in_reward=True)
 
 

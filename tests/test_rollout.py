@@ -164,7 +164,7 @@ def test_grpo_learns_an_easy_reward(tiny_model_dir, prompts):
 
 
 # ---------------------------------------------------------------------------------------------- vLLM wiring
-# The vllm backend runs on a real engine in the vLLM lane (tests/vllm/, `bash run.sh test`); here only the pure
+# The vllm backend runs on a real engine in the vLLM lane (tests/vllm_lane/, `bash run.sh test`); here only the pure
 # helpers that need no vLLM.
 def test_vllm_completion_unpacking():
     from types import SimpleNamespace as NS

