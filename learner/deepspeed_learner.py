@@ -39,8 +39,9 @@ import logging
 import math
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -249,8 +250,7 @@ class _PolicyModule(nn.Module):
         enc: dict[str, Any] = {}
         visual = self._visual()
         extra: dict[str, Any] = {}
-        for kind, (pix_key, grid_key), wanted in (("image", ("pixel_values", "image_grid_thw"), need[0]),
-                                                  ("video", ("pixel_values_videos", "video_grid_thw"), need[1])):
+        for kind, grid_key, wanted in (("image", "image_grid_thw", need[0]), ("video", "video_grid_thw", need[1])):
             if not wanted or visual is None:
                 continue
             spec = media.get(kind)
@@ -276,6 +276,46 @@ class _PolicyModule(nn.Module):
                 kwargs["mm_encoder_outputs"] = enc
         out = self.model(**kwargs)
         return out.logits, anchor
+
+
+@dataclass
+class StepSums:
+    """What one ``train_step``/``sft_step`` sums over this rank's scored micro-batches, all-reduced into its metrics.
+    The policy loss reports per-token means (``clip_frac``, ``approx_kl``, ``kl_ref``, ``ratio_mean``): they are
+    summed weighted by the micro-batch's tokens, and divided by the global token count at the end."""
+
+    loss: float = 0.0
+    clip_frac: float = 0.0  # sum of clip_frac x tokens
+    approx_kl: float = 0.0  # sum of approx_kl x tokens
+    kl_ref: float = 0.0  # sum of kl_ref x tokens
+    ratio_mean: float = 0.0  # sum of ratio_mean x tokens
+    entropy: float = 0.0  # summed over the scored tokens
+    tokens: float = 0.0
+    ratio_max: float = 0.0  # a max, not a sum
+
+    PER_TOKEN = ("clip_frac", "approx_kl", "kl_ref", "ratio_mean")
+
+    def add(self, loss: float, policy_metrics: Mapping[str, Any], entropy: float, tokens: float) -> None:
+        """One micro-batch: its loss, ``policy_loss``'s metrics (empty for SFT), summed entropy and token count."""
+        self.loss += loss
+        if policy_metrics:
+            for k in self.PER_TOKEN:
+                setattr(self, k, getattr(self, k) + float(policy_metrics[k]) * tokens)
+            self.ratio_max = max(self.ratio_max, float(policy_metrics["ratio_max"]))
+        self.entropy += entropy
+        self.tokens += tokens
+
+    def all_reduced(self, all_reduce: Callable[[torch.Tensor, str], torch.Tensor]) -> "StepSums":
+        """The sums over every rank (``ratio_max``: the max), through ``all_reduce(tensor, op)``."""
+        names = ("loss", *self.PER_TOKEN, "entropy", "tokens")
+        summed = all_reduce(torch.tensor([getattr(self, k) for k in names], dtype=torch.float64), "sum")
+        rmax = all_reduce(torch.tensor([self.ratio_max], dtype=torch.float64), "max")
+        return StepSums(**{k: float(v) for k, v in zip(names, summed)}, ratio_max=float(rmax[0]))
+
+    def policy_metrics(self) -> dict[str, float]:
+        """The per-token means (over the global tokens) and ``ratio_max``."""
+        ntok = max(self.tokens, 1.0)
+        return {**{k: getattr(self, k) / ntok for k in self.PER_TOKEN}, "ratio_max": self.ratio_max}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -825,8 +865,7 @@ class DeepSpeedLearner:
         epochs = int(lc.ppo_epochs) if kind == "policy" else 1
         if epochs > 1 and b.get("old_logprobs") is None:
             raise ValueError("learner.ppo_epochs > 1 needs the behaviour policy's old_logprobs in the batch")
-        sums = torch.zeros(7, dtype=torch.float64)  # loss, clip*tok, approx_kl*tok, kl_ref*tok, ratio*tok, ent, tok
-        ratio_max = torch.zeros(1, dtype=torch.float64)
+        sums = StepSums()
         applied_steps, skipped_steps = 0, 0
         norms: list[float] = []
         if g_tokens == 0:
@@ -874,17 +913,9 @@ class DeepSpeedLearner:
                 self.engine.backward(loss * (self.world_size * weight) + anchor)
                 if weight > 0:
                     with torch.no_grad():
-                        ntok = float(m["tokens"]) if m else float(tok_mask.sum())
-                        sums[0] += float(loss.detach())
-                        if m:
-                            sums[1] += float(m["clip_frac"]) * ntok
-                            sums[2] += float(m["approx_kl"]) * ntok
-                            sums[3] += float(m["kl_ref"]) * ntok
-                            sums[4] += float(m["ratio_mean"]) * ntok
-                            ratio_max[0] = max(float(ratio_max[0]), float(m["ratio_max"]))
                         sm = tok_mask[:, -(mb["keep"] - 1):].bool()
-                        sums[5] += float(entropy_from_logits(logits[:, :-1][sm]).sum())
-                        sums[6] += ntok
+                        sums.add(float(loss.detach()), m, float(entropy_from_logits(logits[:, :-1][sm]).sum()),
+                                 float(m["tokens"]) if m else float(tok_mask.sum()))
                 del logits, loss
             applied, norm = self._finish_step(poisoned)
             norms.append(norm)
@@ -896,17 +927,14 @@ class DeepSpeedLearner:
                 skipped_steps += 1
                 self.counters["skipped_nonfinite"] += 1
                 break
-        tot = self._all_reduce(sums, "sum")
-        rmax = self._all_reduce(ratio_max, "max")
-        ntok = max(float(tot[6]), 1.0)
-        out = {"loss": float(tot[0]) / max(epochs, 1) if not skipped_steps else float("nan"),
-               "entropy": float(tot[5]) / ntok, "tokens": g_tokens,
+        tot = sums.all_reduced(self._all_reduce)
+        out = {"loss": tot.loss / max(epochs, 1) if not skipped_steps else float("nan"),
+               "entropy": tot.entropy / max(tot.tokens, 1.0), "tokens": g_tokens,
                "sequences": g_seqs, "grad_norm": norms[-1] if norms else float("nan"),
                "skipped_nonfinite": float(skipped_steps), "optimizer_steps": float(applied_steps),
                "micro_batches": float(n_micro)}
         if kind == "policy":
-            out.update(clip_frac=float(tot[1]) / ntok, approx_kl=float(tot[2]) / ntok, kl_ref=float(tot[3]) / ntok,
-                       ratio_mean=float(tot[4]) / ntok, ratio_max=float(rmax[0]))
+            out.update(tot.policy_metrics())
         for k, v in skipped.items():
             out[f"skipped_samples/{k}"] = float(v)
         return out | self._common_metrics()

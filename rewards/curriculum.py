@@ -1,4 +1,5 @@
-"""Curricula: the MedLoc-R1 performance-aware IoU-threshold scheduler (SPEC §3) and the VRFT-Aug stage curriculum.
+"""The MedLoc-R1 performance-aware IoU-threshold scheduler (SPEC §3). (Stages — SFT, GRPO, VRFT-Aug's perception
+first — are ``cluster.config.StageConfig``s, run in order by the driver.)
 
 ``IoUThresholdScheduler`` — the grounding reward is ``1[IoU >= τ]``; τ only rises. Each step the driver calls
 ``observe(group_mean_rewards, group_mean_ious)``; the scheduler keeps a window of the last ``window`` steps, each
@@ -23,16 +24,11 @@ Defaults (SPEC): P/S = 0.80/0.20 for τ < 0.60, 0.75/0.35 for τ < 0.75, else 0.
 A step with no finite group reward or no finite IoU (e.g. no grounding prompt in the batch) is skipped: nothing
 enters the window, ``diagnostics["skipped"]`` says why, and ``skipped_steps`` counts it. Non-finite values inside
 a step are dropped and counted in ``dropped_values``.
-
-``StageCurriculum`` — a fixed sequence of stages (VRFT-Aug: perception first, e.g. box grounding, then
-classification), each with a name, kind (``sft``/``grpo``), number of steps and task list; it answers which
-stage is active at a global step.
 """
 from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -216,126 +212,3 @@ class IoUThresholdScheduler:
         except (KeyError, TypeError) as e:
             raise ValueError(f"malformed curriculum state: {e!r}") from None
         self.__dict__.update(fresh.__dict__)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Stage:
-    """One stage of a stage curriculum (the shape of ``cluster.config.StageConfig``)."""
-
-    name: str
-    kind: str = "grpo"
-    steps: int = 0
-    tasks: tuple[str, ...] = ()
-    lr: Optional[float] = None
-    start: int = 0  # global step at which it begins
-
-    @property
-    def end(self) -> int:
-        """First global step after the stage."""
-        return self.start + self.steps
-
-
-STAGE_KINDS = ("sft", "grpo")
-
-
-def _get(obj: Any, name: str, default: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
-
-
-@dataclass
-class StageCurriculum:
-    """Which stage is active at global step ``t`` (stages run back to back; zero-step stages are skipped).
-
-    Build it with ``StageCurriculum.from_stages(list_of_dicts_or_StageConfigs)``. ``stage_at(t)`` is pure; the
-    driver's progress is ``step`` (advance with ``advance()``), saved by ``state_dict``.
-    """
-
-    stages: tuple[Stage, ...]
-    step: int = 0
-
-    @classmethod
-    def from_stages(cls, stages: Sequence[Any], default_tasks: Sequence[str] = ()) -> "StageCurriculum":
-        """Stages as dicts or objects with ``name``, ``kind``, ``steps``, ``tasks`` (empty: ``default_tasks``)
-        and optionally ``lr``."""
-        if not stages:
-            raise ValueError("a stage curriculum needs at least one stage")
-        out: list[Stage] = []
-        start = 0
-        for i, s in enumerate(stages):
-            name = str(_get(s, "name", f"stage{i}"))
-            kind = str(_get(s, "kind", "grpo"))
-            if kind not in STAGE_KINDS:
-                raise ValueError(f"stage {i} ({name}): kind {kind!r}; allowed: {', '.join(STAGE_KINDS)}")
-            steps = _get(s, "steps", None)
-            if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-                raise ValueError(f"stage {i} ({name}): steps must be an int >= 0, got {steps!r}")
-            tasks = tuple(_get(s, "tasks", None) or default_tasks)
-            lr = _get(s, "lr", None)
-            out.append(Stage(name=name, kind=kind, steps=int(steps), tasks=tasks,
-                             lr=None if lr is None else float(lr), start=start))
-            start += int(steps)
-        if start == 0:
-            raise ValueError("every stage has 0 steps; nothing to run")
-        names = [s.name for s in out]
-        if len(set(names)) != len(names):
-            raise ValueError(f"stage names must be unique: {names}")
-        return cls(stages=tuple(out))
-
-    @property
-    def total_steps(self) -> int:
-        return self.stages[-1].end
-
-    def index_at(self, t: int) -> Optional[int]:
-        """Index of the stage active at global step ``t`` (0-based), or None once every stage is done."""
-        if t < 0:
-            raise ValueError(f"global step must be >= 0, got {t}")
-        for i, s in enumerate(self.stages):
-            if s.start <= t < s.end:
-                return i
-        return None
-
-    def stage_at(self, t: int) -> Optional[Stage]:
-        i = self.index_at(t)
-        return None if i is None else self.stages[i]
-
-    def local_step(self, t: int) -> int:
-        """Step within the stage active at ``t``; ValueError past the end."""
-        s = self.stage_at(t)
-        if s is None:
-            raise ValueError(f"global step {t} is past the last stage (total {self.total_steps})")
-        return t - s.start
-
-    @property
-    def current(self) -> Optional[Stage]:
-        return self.stage_at(self.step)
-
-    @property
-    def done(self) -> bool:
-        return self.step >= self.total_steps
-
-    def advance(self, n: int = 1) -> Optional[Stage]:
-        """Move ``n`` steps forward; returns the stage now active (None when done)."""
-        if n < 0:
-            raise ValueError("cannot advance backwards")
-        self.step += n
-        return self.current
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "step": self.step,
-                "stages": [[s.name, s.kind, s.steps] for s in self.stages]}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the step; the stage list must match the saved one (names, kinds, steps) or ValueError."""
-        if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
-            raise ValueError(f"stage curriculum state must be a dict with version {STATE_VERSION}")
-        saved = [tuple(x) for x in state.get("stages", [])]
-        mine = [(s.name, s.kind, s.steps) for s in self.stages]
-        if saved != mine:
-            raise ValueError(f"stage list changed since the checkpoint: saved {saved}, configured {mine}")
-        step = state.get("step")
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"stage curriculum state: bad step {step!r}")
-        self.step = step

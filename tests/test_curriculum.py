@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from rewards.curriculum import IoUThresholdScheduler, StageCurriculum
+from rewards.curriculum import IoUThresholdScheduler
 
 
 def test_scripted_tau_trajectory_with_window_refresh():
@@ -120,30 +120,3 @@ def test_state_round_trip_then_identical_continuation():
     assert a.state_dict() == b.state_dict() and len(a.raises) >= 1
     with pytest.raises(ValueError):
         b.load_state_dict({"version": 1, "settings": {}, "tau": 0.1})
-
-
-def test_stage_curriculum_perception_first():
-    from cluster.config import StageConfig
-
-    stages = [StageConfig(name="perception", kind="grpo", steps=3, tasks=["box_grounding"]),
-              {"name": "warmup", "kind": "sft", "steps": 0},
-              {"name": "classify", "kind": "grpo", "steps": 2, "tasks": []}]
-    c = StageCurriculum.from_stages(stages, default_tasks=["image_cls"])
-    assert c.total_steps == 5
-    assert [c.stage_at(t).name for t in range(5)] == ["perception"] * 3 + ["classify"] * 2
-    assert c.stage_at(5) is None and c.index_at(3) == 2
-    assert c.stage_at(0).tasks == ("box_grounding",) and c.stage_at(4).tasks == ("image_cls",)
-    assert c.local_step(4) == 1
-    c.advance(4)
-    assert c.current.name == "classify" and not c.done
-    d = StageCurriculum.from_stages(stages, default_tasks=["image_cls"])
-    d.load_state_dict(json.loads(json.dumps(c.state_dict())))
-    assert d.step == 4 and d.current == c.current
-    assert d.advance() is None and d.done
-    changed = StageCurriculum.from_stages([{"name": "perception", "kind": "grpo", "steps": 4}])
-    with pytest.raises(ValueError, match="stage list changed"):
-        changed.load_state_dict(c.state_dict())
-    with pytest.raises(ValueError, match="kind"):
-        StageCurriculum.from_stages([{"name": "x", "kind": "ppo", "steps": 1}])
-    with pytest.raises(ValueError, match="unique"):
-        StageCurriculum.from_stages([{"name": "x", "steps": 1}, {"name": "x", "steps": 1}])
