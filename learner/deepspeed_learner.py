@@ -404,7 +404,7 @@ class DeepSpeedLearner:
     def _from_pretrained(self, path: str) -> nn.Module:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-        from learner.model_io import check_checkpoint
+        from learner.model_io import check_checkpoint, use_reference_mrope
 
         path = str(check_checkpoint(path))  # config + safetensors, or a clear error (never pickle)
         dtype = torch.bfloat16 if self.cfg.learner.bf16 else torch.float32
@@ -417,7 +417,7 @@ class DeepSpeedLearner:
             log.info("%s is not an image-text-to-text model (%s); loading as a causal LM", path, type(hf_cfg).__name__)
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         model.config.use_cache = False
-        return model
+        return use_reference_mrope(model)  # vLLM's (Qwen's) video positions, see learner.model_io
 
     def _load_model(self, ds_config: dict[str, Any]) -> nn.Module:
         mc = self.cfg.model

@@ -8,11 +8,18 @@ Role: the one loading path every part uses (rollout, learner, SFT, eval), identi
 (``data.video.VideoFrames`` or a uint8 ``[T, H, W, 3]`` array plus its sampling fps) and are handed to the
 processor with ``VideoMetadata`` so that Qwen2.5-VL's ``second_per_grid_ts`` (seconds per temporal patch,
 ``temporal_patch_size / fps``) and hence its time positions are right.
+
+``use_reference_mrope`` (applied by every loader: here and the DeepSpeed learner's) gives a loaded Qwen2.5-VL the
+multimodal RoPE positions of Qwen's reference code and vLLM: transformers 5.3 - 5.23 start the text after a video at
+``max(h, w)`` past the video's first position, ignoring how far its time positions reach, so the learner and vLLM
+gave the same video prompt different positions (see ``qwen2_5_vl_rope_index``).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
+import types
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -86,10 +93,80 @@ def load_model_and_processor(path: Union[str, os.PathLike], dtype: Any = "float3
     model = AutoModelForImageTextToText.from_pretrained(
         str(p), dtype=torch_dtype, attn_implementation=attn_implementation, use_safetensors=True,
         local_files_only=True)
+    use_reference_mrope(model)
     model.to(dev)
     model.eval()
     processor = AutoProcessor.from_pretrained(str(p), local_files_only=True)
     return model, processor
+
+
+def qwen2_5_vl_rope_index(model: Any, input_ids: Any, mm_token_type_ids: Any = None, image_grid_thw: Any = None,
+                          video_grid_thw: Any = None, second_per_grid_ts: Any = None, attention_mask: Any = None,
+                          **_: Any) -> tuple[Any, Any]:
+    """Qwen2.5-VL's multimodal RoPE positions ``[3, B, L]`` and their deltas ``[B, 1]``, by the rule of Qwen's
+    reference code and of vLLM (``Qwen2_5_VLForConditionalGeneration.get_mrope_input_positions``): every text run
+    starts one past the largest position so far, vision items are ``(t * tokens_per_second * second_per_grid_ts,
+    h, w)`` grids (time quantised down after the product, in float64 as vLLM does) offset by that start.
+
+    A drop-in for transformers' ``Qwen2_5_VLModel.get_rope_index`` (same arguments and outputs; ``model`` is that
+    ``Qwen2_5_VLModel``). Transformers 5.3 - 5.23 advance the position after a vision item by ``max(h, w)`` only,
+    which for a video whose time positions reach further (``(t - 1) * tokens_per_second * second_per_grid_ts + 1 >
+    max(h, w)``, i.e. nearly every video: 4 frames at 1 fps, ``tokens_per_second = 2``, already reach 5) puts the
+    following text inside the video's time range; images and the text before a video agree either way.
+    ``mm_token_type_ids`` (0 text, 1 image, 2 video) defaults to the model config's image/video token ids.
+    """
+    import torch
+
+    cfg = model.config
+    vcfg = cfg.vision_config
+    merge = int(vcfg.spatial_merge_size)
+    tokens_per_second = float(getattr(vcfg, "tokens_per_second", 1.0) or 1.0)
+    if mm_token_type_ids is None:
+        mm_token_type_ids = torch.zeros_like(input_ids, dtype=torch.int32)
+        mm_token_type_ids[input_ids == cfg.image_token_id] = 1
+        mm_token_type_ids[input_ids == cfg.video_token_id] = 2
+    grids = {1: iter(image_grid_thw.tolist() if image_grid_thw is not None else []),
+             2: iter(video_grid_thw.tolist() if video_grid_thw is not None else [])}
+    seconds = iter(second_per_grid_ts.reshape(-1).tolist() if second_per_grid_ts is not None else [])
+    position_ids = torch.zeros(3, *input_ids.shape, dtype=input_ids.dtype, device=input_ids.device)
+    deltas = []
+    for row in range(input_ids.shape[0]):
+        keep = (attention_mask[row].bool() if attention_mask is not None
+                else torch.ones(input_ids.shape[1], dtype=torch.bool, device=input_ids.device))
+        kinds = mm_token_type_ids[row][keep].tolist()
+        chunks: list[Any] = []
+        start = 0
+        for kind, run in itertools.groupby(kinds):
+            n = len(list(run))
+            if kind == 0:
+                chunk = torch.arange(n, dtype=torch.long).view(1, -1).expand(3, -1)
+            else:
+                t, h, w = next(grids[int(kind)])
+                h, w = h // merge, w // merge
+                step = tokens_per_second * float(next(seconds, 1.0)) if kind == 2 else 1.0
+                tt = (torch.arange(t, dtype=torch.float64) * step).long()
+                chunk = torch.stack(torch.meshgrid(tt, torch.arange(h), torch.arange(w), indexing="ij")).reshape(3, -1)
+                if chunk.shape[1] != n:
+                    raise ValueError(f"row {row}: {n} {'video' if kind == 2 else 'image'} placeholder tokens but "
+                                     f"its grid {[t, h * merge, w * merge]} makes {chunk.shape[1]}")
+            chunk = chunk + start
+            chunks.append(chunk)
+            start = int(chunk.max()) + 1
+        pos = torch.cat(chunks, dim=1) if chunks else torch.zeros(3, 0, dtype=torch.long)
+        position_ids[:, row, keep] = pos.to(position_ids)
+        deltas.append(start - len(kinds))
+    return position_ids, torch.tensor(deltas, device=input_ids.device).unsqueeze(1)
+
+
+def use_reference_mrope(model: Any) -> Any:
+    """Make a loaded Qwen2.5-VL (``...ForConditionalGeneration``, before any LoRA wrapping) compute its RoPE
+    positions with ``qwen2_5_vl_rope_index`` in every forward and in ``generate``; other models are returned
+    untouched. Binds the function on the inner ``Qwen2_5_VLModel`` instance (transformers calls
+    ``self.get_rope_index`` / ``self.model.get_rope_index`` everywhere), so the class is not changed."""
+    inner = getattr(model, "model", None)
+    if getattr(getattr(model, "config", None), "model_type", None) == "qwen2_5_vl" and hasattr(inner, "get_rope_index"):
+        inner.get_rope_index = types.MethodType(qwen2_5_vl_rope_index, inner)
+    return model
 
 
 def prompt_messages(question: str, *, video: bool = False, image: bool = False,

@@ -233,3 +233,58 @@ def test_head_size_sets_the_text_heads(tmp_path):
         tiny_model.build_tiny_model(tmp_path, corpus_texts=["a b c"], head_size=24)
     with pytest.raises(ValueError, match="disagree"):
         tiny_model.build_tiny_model(tmp_path, corpus_texts=["a b c"], head_size=32, num_attention_heads=4)
+
+
+def test_reference_mrope_positions_follow_qwens_rule():
+    """Qwen's documented example (3 temporal patches of 2x2 merged tokens, 50 time positions per patch): the text
+    after the video starts one past the video's largest position (101 + start), not ``max(h, w)`` past its first."""
+    fake = SimpleNamespace(config=SimpleNamespace(
+        vision_config=SimpleNamespace(spatial_merge_size=2, tokens_per_second=25), image_token_id=8,
+        video_token_id=9))
+    ids = torch.tensor([[1, 2] + [9] * 12 + [3, 4, 5]])
+    pos, delta = model_io.qwen2_5_vl_rope_index(fake, ids, video_grid_thw=torch.tensor([[3, 4, 4]]),
+                                                second_per_grid_ts=torch.tensor([2.0]))
+    assert pos[0, 0].tolist() == [0, 1] + [2] * 4 + [52] * 4 + [102] * 4 + [103, 104, 105]
+    assert pos[1, 0, 2:14].tolist() == [2, 2, 3, 3] * 3 and pos[2, 0, 2:14].tolist() == [2, 3, 2, 3] * 3
+    assert pos[:, 0, 14:].tolist() == [[103, 104, 105]] * 3
+    assert delta.tolist() == [[106 - 17]]
+    # left padding is skipped, the positions of the real tokens are unchanged
+    padded, d2 = model_io.qwen2_5_vl_rope_index(fake, torch.cat([torch.zeros(1, 2, dtype=torch.long), ids], 1),
+                                                video_grid_thw=torch.tensor([[3, 4, 4]]),
+                                                second_per_grid_ts=torch.tensor([2.0]),
+                                                attention_mask=torch.tensor([[0, 0] + [1] * 17]))
+    assert torch.equal(padded[:, :, 2:], pos) and d2.tolist() == delta.tolist()
+    with pytest.raises(ValueError, match="12 video placeholder tokens but its grid"):
+        model_io.qwen2_5_vl_rope_index(fake, ids, video_grid_thw=torch.tensor([[2, 4, 4]]))
+
+
+def test_loaded_model_uses_the_reference_positions_everywhere(loaded, clip):
+    """Images and text-only prompts get transformers' positions unchanged; a video prompt's text after the video
+    starts past the video's time range, in the full forward and in ``generate`` alike: the teacher-forced log-probs
+    of a generated answer equal the ones ``generate`` reported (the hf backend's behaviour log-probs)."""
+    model, proc = loaded
+    frames, fps = clip
+    inner = model.model
+    original = type(inner).get_rope_index.__get__(inner)
+    image = model_io.build_inputs(proc, "Q", image=frames[0])
+    args = {k: image.get(k) for k in ("input_ids", "mm_token_type_ids", "image_grid_thw", "attention_mask")}
+    assert torch.equal(inner.get_rope_index(**args)[0], original(**args)[0])
+    video = model_io.build_inputs(proc, "Where is the hook?", frames=frames, fps=fps)
+    args = {k: video.get(k) for k in ("input_ids", "mm_token_type_ids", "video_grid_thw", "second_per_grid_ts",
+                                      "attention_mask")}
+    ours, theirs = inner.get_rope_index(**args)[0], original(**args)[0]
+    is_video = video["mm_token_type_ids"][0] == 2
+    after = int(is_video.nonzero().max()) + 1
+    assert int(ours[:, 0, after].min()) == int(ours[:, 0, is_video].max()) + 1  # grid [4, 6, 8]: time reaches 12
+    assert int(theirs[0, 0, after]) < int(theirs[0, 0, is_video].max())  # transformers' rule: inside the video
+    with torch.no_grad():
+        out = model.generate(**video, max_new_tokens=6, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+        n = len(out.logits)
+        full = model(input_ids=out.sequences, attention_mask=torch.ones_like(out.sequences),
+                     mm_token_type_ids=torch.nn.functional.pad(video["mm_token_type_ids"], (0, n)),
+                     pixel_values_videos=video["pixel_values_videos"], video_grid_thw=video["video_grid_thw"],
+                     second_per_grid_ts=video["second_per_grid_ts"]).logits
+    gen = torch.log_softmax(torch.stack(out.logits, 1).float(), -1)
+    tf = torch.log_softmax(full[:, -n - 1:-1].float(), -1)
+    assert (gen - tf).abs().max().item() < 1e-4
