@@ -47,10 +47,12 @@ def _plain_setup(model_path: str, cfg: Any) -> tuple[Any, torch.optim.Optimizer,
     from transformers import AutoModelForImageTextToText
 
     from learner.deepspeed_learner import _PolicyModule  # noqa: PLC2701 - the learner's forward, without DeepSpeed
+    from learner.model_io import use_reference_mrope
 
     model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float32, local_files_only=True,
                                                         attn_implementation=cfg.model.attn_implementation,
                                                         use_safetensors=True)
+    use_reference_mrope(model)  # the learner's RoPE positions
     model.config.use_cache = False
     model.train()
     wrapper = _PolicyModule(model)

@@ -94,9 +94,13 @@ def learner(tiny_dir):
 
 
 def _hf_model(tiny_dir, state=None):
+    """HF's own model class and forward, with the RoPE positions every project loader installs (vLLM's rule for the
+    text after a video, ``learner.model_io.use_reference_mrope``)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    m = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_dir, dtype=torch.float32)
+    from learner.model_io import use_reference_mrope
+
+    m = use_reference_mrope(Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_dir, dtype=torch.float32))
     if state is not None:
         m.load_state_dict(state, strict=False)
     return m.eval()
