@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 import ray
 import torch
 
+from actors.actor_pool import ActorLost, ActorPool, Call, RetryPolicy
 from learner.deepspeed_learner import (DeepSpeedLearner, LearnerError, batch_size, build_policy_batch,
                                        build_sft_batch, split_batch)
 from learner.weight_sync import WeightPayload
@@ -116,7 +116,7 @@ class LearnerGroup:
         opts: dict[str, Any] = {"num_cpus": float(cfg.learner.num_cpus), "num_gpus": float(cfg.learner.num_gpus)}
         if not cfg.learner.num_gpus:
             opts["runtime_env"] = {"env_vars": {"DS_ACCELERATOR": "cpu"}}
-        self.ranks = []
+        ranks = []
         for r in range(self.world_size):
             o = dict(opts)
             if placement_group is not None:
@@ -125,52 +125,48 @@ class LearnerGroup:
                 idx = bundle_indices[r] if bundle_indices is not None else r
                 o["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                     placement_group=placement_group, placement_group_bundle_index=idx)
-            self.ranks.append(LearnerRank.options(name=None, **o).remote(cfg, r, self.world_size, model_path))
+            ranks.append(LearnerRank.options(name=None, **o).remote(cfg, r, self.world_size, model_path))
+        # a gang: one lost rank stops the group (the others would sit in a collective); no retries
+        self.pool = ActorPool(ranks, "learner-rank", RetryPolicy(kill_hung=False), gang=True)
         try:
-            addr, port = self._get(self.ranks[0].address.remote(), "address")
-            self.info = self._get([a.setup.remote(addr, port) for a in self.ranks], "setup")
+            addr, port = self._get(self.pool.submit(0, "address"), "address")
+            self.info = self._get(self.pool.submit_all("setup", addr, port), "setup")
         except BaseException:
             self.shutdown()
             raise
         self.pad_id = int(self.info[0]["pad_id"])
 
+    @property
+    def ranks(self) -> list[Any]:
+        """The rank actors' handles (empty once the group is stopped)."""
+        return self.pool.actors if hasattr(self, "pool") else []
+
     # -- plumbing ------------------------------------------------------------------------------------------
-    def _get(self, refs: Any, what: str, timeout: Optional[float] = None) -> Any:
-        """``ray.get`` that fails fast and clearly: the first rank to die ends the wait (the others would sit in
-        a collective until its timeout), and the surviving ranks are stopped, since the group cannot go on."""
+    def _get(self, calls: Call | Sequence[Call], what: str, timeout: Optional[float] = None) -> Any:
+        """The calls' results (one call: its result) that fail fast and clearly: the first rank to die ends the
+        wait (the others would sit in a collective until its timeout), and the surviving ranks are stopped, since
+        the group cannot go on."""
         t = self.timeout if timeout is None else timeout
-        single = not isinstance(refs, (list, tuple))
-        todo = [refs] if single else list(refs)
-        deadline = time.monotonic() + t
-        pending = list(todo)
-        results: dict[Any, Any] = {}
+        single = isinstance(calls, Call)
         try:
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1, timeout=max(deadline - time.monotonic(), 0.0))
-                if not ready:
-                    raise LearnerError(f"learner {what} did not finish within {t:.0f} s (cluster.get_timeout_s); "
-                                       f"a rank may be lost or stuck in a collective")
-                results[ready[0]] = ray.get(ready[0], timeout=t)  # raises if that rank failed
-        except ray.exceptions.RayActorError as e:
-            rank = next((i for i, a in enumerate(self.ranks) if a._actor_id.hex() == getattr(e, "actor_id", None)),
-                        None)
+            out = self.pool.gather([calls] if single else list(calls), t)
+        except ActorLost as e:
+            if e.lost.reason == "timeout":
+                raise LearnerError(f"learner {what} did not finish within {t:.0f} s (cluster.get_timeout_s); "
+                                   f"a rank may be lost or stuck in a collective") from None
             self.abort()
-            who = f"rank {rank}" if rank is not None else "a rank"
-            raise LearnerError(f"learner {who} died during {what} ({type(e).__name__}); the learner group is "
-                               f"stopped. Resume the run from its last checkpoint (resume=auto, or "
-                               f"`medgrpo resume RUN_DIR`)") from None
-        out = [results[r] for r in todo]
+            raise LearnerError(f"learner rank {e.lost.actor} died during {what} ({type(e.lost.error).__name__}); "
+                               f"the learner group is stopped. Resume the run from its last checkpoint "
+                               f"(resume=auto, or `medgrpo resume RUN_DIR`)") from None
         return out[0] if single else out
 
     def abort(self) -> None:
         """Kill every rank now (no graceful shutdown: survivors of a dead rank are stuck in a collective)."""
-        for a in self.ranks:
-            ray.kill(a)
-        self.ranks = []
+        self.pool.kill()
 
     def _fan_out(self, method: str, batch: Mapping[str, Any], what: str) -> list[Any]:
         parts = split_batch(batch, self.world_size)
-        return self._get([getattr(a, method).remote(p) for a, p in zip(self.ranks, parts)], what)
+        return self._get([self.pool.submit(i, method, p) for i, p in enumerate(parts)], what)
 
     # -- training ------------------------------------------------------------------------------------------
     def train_step(self, batch: Any, advantages: Any = None) -> dict[str, float]:
@@ -196,23 +192,24 @@ class LearnerGroup:
         return out[:n]  # a rank given a filler row (batch smaller than world size) returns one extra row
 
     def set_lr(self, lr: float) -> None:
-        self._get([a.set_lr.remote(lr) for a in self.ranks], "set_lr")
+        self._get(self.pool.submit_all("set_lr", lr), "set_lr")
 
     # -- weights -------------------------------------------------------------------------------------------
     def get_weights(self) -> WeightsHandle:
         """Put the current weights in the object store once (rank 0 packs them; every rank takes part in the
         ZeRO-3 gather) and return the handle; nothing large comes to the driver."""
         pairs = [a.weight_payload.remote() for a in self.ranks]
-        versions = self._get([v for v, _ in pairs], "weight export")
-        # wait for the non-zero ranks' (empty) payload objects too, so the gather collective has finished
-        ready, pending = ray.wait([p for _, p in pairs], num_returns=len(pairs), timeout=self.timeout)
+        versions = self._get([Call(i, v) for i, (v, _) in enumerate(pairs)], "weight export")
+        # wait for the non-zero ranks' (empty) payload objects too, so the gather collective has finished;
+        # ray.wait, not a gather: the payload must not come to the driver
+        _, pending = ray.wait([p for _, p in pairs], num_returns=len(pairs), timeout=self.timeout)
         if pending:
             raise LearnerError(f"weight export: {len(pending)} rank(s) did not finish within {self.timeout:.0f} s")
         return WeightsHandle(version=int(versions[0]), ref=pairs[0][1])
 
     def weight_sync_address(self) -> tuple[str, int]:
         """Where the GPU weight-sync group rendezvouses: learner rank 0's node and a port free there."""
-        addr, port = self._get(self.ranks[0].address.remote(), "address")
+        addr, port = self._get(self.pool.submit(0, "address"), "address")
         return str(addr), int(port)
 
     def init_weight_sync(self, master_addr: str, master_port: int, world_size: int,
@@ -220,38 +217,37 @@ class LearnerGroup:
         """Start joining the weight-sync group (learner rank 0 = group rank 0). Returns the refs without waiting:
         the rollout workers must join concurrently (``learner.weight_sync.init_sync_group`` with ranks 1..n-1);
         wait on these refs together with theirs."""
-        return [a.init_weight_sync.remote(master_addr, master_port, world_size, backend) for a in self.ranks]
+        return [c.ref for c in self.pool.submit_all("init_weight_sync", master_addr, master_port, world_size, backend)]
 
     def broadcast_weights(self) -> list[Any]:
         """Start a bucketed broadcast of the current weights (every rank takes part: ZeRO-3 gathers). Returns the
         refs (each resolves to the version sent) without waiting; the rollout workers call
         ``BucketReceiver.receive`` concurrently. Untested on GPU."""
-        return [a.broadcast_weights.remote() for a in self.ranks]
+        return [c.ref for c in self.pool.submit_all("broadcast_weights")]
 
     def wait(self, refs: Sequence[Any], what: str = "call") -> list[Any]:
-        """``ray.get`` with this group's timeout and a clear error."""
-        return self._get(list(refs), what)
+        """The results of one call per rank (``refs`` in rank order), with this group's timeout and a clear error."""
+        return self._get([Call(i, r) for i, r in enumerate(refs)], what)
 
     def version(self) -> int:
-        return int(self._get(self.ranks[0].version.remote(), "version"))
+        return int(self._get(self.pool.submit(0, "version"), "version"))
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def save_checkpoint(self, directory: str) -> str:
-        return self._get([a.save_checkpoint.remote(str(directory)) for a in self.ranks], "save_checkpoint")[0]
+        return self._get(self.pool.submit_all("save_checkpoint", str(directory)), "save_checkpoint")[0]
 
     def load_checkpoint(self, directory: str, load_optimizer: bool = True) -> int:
-        return self._get([a.load_checkpoint.remote(str(directory), load_optimizer) for a in self.ranks],
-                         "load_checkpoint")[0]
+        return self._get(self.pool.submit_all("load_checkpoint", str(directory), load_optimizer), "load_checkpoint")[0]
 
     def export_hf(self, directory: str, dtype: Optional[str] = None) -> str:
-        return self._get([a.export_hf.remote(str(directory), dtype) for a in self.ranks], "export_hf")[0]
+        return self._get(self.pool.submit_all("export_hf", str(directory), dtype), "export_hf")[0]
 
     def shutdown(self) -> None:
         """Stop this group's rank actors (only those this group created)."""
-        for a in getattr(self, "ranks", []):
+        for a in self.ranks:
             try:
                 ray.get(a.shutdown.remote(), timeout=30)
             except Exception:  # noqa: BLE001 - best effort before the kill
                 pass
-            ray.kill(a)
-        self.ranks = []
+        if hasattr(self, "pool"):
+            self.pool.kill()

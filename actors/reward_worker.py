@@ -6,20 +6,18 @@ Every sample comes back (a ``ScoredSample``), or None when its shard was lost to
 """
 from __future__ import annotations
 
-import logging
 import time
 from collections import Counter
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import ray
 
+from actors.actor_pool import ActorPool, FaultNames, Lost, RetryPolicy
 from actors.judge import create_judge_actor
 from data.schema import Instance
 from rewards.config import RewardConfig
 from rewards.judge import JudgeOutcome, as_judge_config
 from rewards.scoring import RewardItem, RewardScorer, ScoredSample, as_item
-
-log = logging.getLogger(__name__)
 
 
 class RayJudgeClient:
@@ -113,8 +111,17 @@ class RewardWorkerPool:
         if n < 1:
             raise ValueError(f"num_workers must be >= 1, got {n}")
         self.faults: Counter = Counter()  # shard_worker_died, shard_timeout, shard_redispatched, samples_lost
-        self.workers = [RewardWorker.options(**opts).remote(cfg, self.judge, knowledge, judge_wait_s, similarity)
-                        for _ in range(n)]
+        # a shard lost past Ray's own restart + task retry goes to the next worker once (scoring is idempotent)
+        self.pool = ActorPool(
+            [RewardWorker.options(**opts).remote(cfg, self.judge, knowledge, judge_wait_s, similarity)
+             for _ in range(n)], "reward-worker", RetryPolicy(max_retries=1, next_actor=True),
+            names=FaultNames(timeout="shard_timeout", died="shard_worker_died", retried="shard_redispatched",
+                             lost="samples_lost", retried_per_call=True), faults=self.faults)
+
+    @property
+    def workers(self) -> list[Any]:
+        """The ``RewardWorker`` handles."""
+        return self.pool.actors
 
     def score(self, items: Sequence[Union[RewardItem, tuple]], iou_threshold: Optional[float] = None, *,
               timeout: Optional[float] = None) -> list[Optional[ScoredSample]]:
@@ -127,44 +134,16 @@ class RewardWorkerPool:
         timeout = self.get_timeout_s if timeout is None else timeout
         shards = deal_by_prompt(items, len(self.workers))
         out: list[Optional[ScoredSample]] = [None] * len(items)
-        deadline = time.monotonic() + timeout
-        pending = {w: self.workers[w].score_batch.remote([items[i] for i in shard], iou_threshold)
-                   for w, shard in enumerate(shards)}
-        for w, shard in enumerate(shards):
-            res = self._shard_result(w, pending[w], [items[i] for i in shard], iou_threshold, deadline)
-            if res is None:
+        calls = [self.pool.submit(w, "score_batch", [items[i] for i in shard], iou_threshold, size=len(shard))
+                 for w, shard in enumerate(shards)]
+        for shard, res in zip(shards, self.pool.gather(calls, timeout, deadline=time.monotonic() + timeout)):
+            if isinstance(res, Lost):
                 continue  # lost: those items stay None (counted in self.faults)
             if len(res) != len(shard):
                 raise RuntimeError(f"reward worker returned {len(res)} results for {len(shard)} items")
             for i, s in zip(shard, res):
                 out[i] = s
         return out
-
-    def _shard_result(self, w: int, ref: Any, shard_items: list[RewardItem], iou_threshold: Optional[float],
-                      deadline: float) -> Optional[list[ScoredSample]]:
-        """The shard's scores; a worker that died (past Ray's own restart + task retry) or hung past the deadline
-        is restarted and its shard scored once more by the next worker (scoring is idempotent). None: lost."""
-        for attempt in range(2):
-            try:
-                return ray.get(ref, timeout=max(deadline - time.monotonic(), 1.0))
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
-                what = "timeout" if isinstance(e, ray.exceptions.GetTimeoutError) else "worker_died"
-                log.warning("reward worker %d: %s on a shard of %d samples (%s)", w, what, len(shard_items),
-                            type(e).__name__)
-                self.faults[f"shard_{what}"] += 1
-                if what == "timeout":
-                    try:
-                        ray.cancel(ref)
-                        ray.kill(self.workers[w], no_restart=False)  # a hung worker: Ray restarts it
-                    except Exception:  # noqa: BLE001 - best effort
-                        pass
-                if attempt == 1:
-                    break
-                w = (w + 1) % len(self.workers)
-                self.faults["shard_redispatched"] += 1
-                ref = self.workers[w].score_batch.remote(shard_items, iou_threshold)
-        self.faults["samples_lost"] += len(shard_items)
-        return None
 
     def cosine(self, pairs: Sequence[tuple[str, str]], timeout: Optional[float] = None) -> list[float]:
         """Raw cosine similarity per (reference, candidate) pair, on the first worker's similarity model."""
@@ -214,9 +193,7 @@ class RewardWorkerPool:
         return out
 
     def shutdown(self) -> None:
-        for w in self.workers:
-            ray.kill(w)
-        self.workers = []
+        self.pool.kill()
         if self._own_judge and self.judge is not None:
             ray.kill(self.judge)
             self.judge = None

@@ -2,17 +2,17 @@
 ``learner-rank-0``, ``reward-0``, ``judge``, ``normalizer``, ``curriculum``), and the calls the driver makes on
 them. Each ``ray.get`` carries a timeout.
 
-Faults: every light actor is created with ``cluster.max_actor_restarts``. A rollout share whose actor died (or hung
-past the timeout) is regenerated on the restarted actor after the current weights are pushed to it, up to
-``cluster.rollout_retries`` times, then its prompts are reported as failures with a reason; reward shards are
-retried by the pool; the normalizer and curriculum come back from per-call snapshots (``actors.snapshot``) and
+Faults: every light actor is created with ``cluster.max_actor_restarts``. Rollout actors, reward workers and learner
+ranks are ``actors.actor_pool.ActorPool``s: one way to wait, count faults and retry. A rollout share whose actor
+died (or hung past the timeout) is regenerated on the restarted actor after the current weights are pushed to it,
+up to ``cluster.rollout_retries`` times, then its prompts are reported as failures with a reason; reward shards are
+retried by the reward pool; the normalizer and curriculum come back from per-call snapshots (``actors.snapshot``) and
 their retried calls are idempotent; a dead judge makes the caption reward fall back (counted) until it is back.
 Cumulative counts are in ``faults`` (logged as ``faults/*``)."""
 from __future__ import annotations
 
 import logging
 import shutil
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import ray
 
+from actors.actor_pool import ActorPool, Call, FaultNames, Lost, RetryPolicy
 from cluster.config import TrainConfig
 from cluster.placement import Reservation
 from common.files import read_json, write_json
@@ -32,21 +33,12 @@ log = logging.getLogger("medgrpo")
 
 
 @dataclass
-class _Share:
-    actor: int  # index into ActorSet.rollouts
-    method: str  # generate | encode_sft
-    instances: list[Instance]
-    kwargs: dict[str, Any]
-    ref: Any
-    version: int  # the policy version pushed when the share was submitted
-
-
-@dataclass
 class PendingRollouts:
     """Calls in flight on the rollout actors; ``collect`` turns them into results (one per instance)."""
 
     prompts: list[Instance]
-    shares: list[_Share]
+    calls: list[Call]  # one per share; its args[0] are the share's instances
+    version: int  # the policy version pushed when the shares were submitted
 
 
 class ActorSet:
@@ -98,7 +90,7 @@ class ActorSet:
                                                        **self.reservation.options("reward", 0)})
         r, d, m = cfg.rollout, cfg.data, cfg.model
         device = "cuda" if r.num_gpus > 0 else "cpu"
-        self.rollouts = [
+        rollouts = [
             RolloutActor.options(name=f"{self.prefix}rollout-{i}", max_restarts=restarts, max_task_retries=0,
                                  **{"num_cpus": r.num_cpus, "num_gpus": r.num_gpus,
                                     **self.reservation.options("rollout", i)}
@@ -111,6 +103,11 @@ class ActorSet:
                              "tensor_parallel_size": r.tensor_parallel_size,
                              "enable_sleep_mode": r.enable_sleep_mode, "seed": cfg.seed})
             for i in range(r.num_actors)]
+        # a lost share is regenerated on the actor Ray restarted (after ``_revive`` gives it the current weights)
+        self.rollout_pool = ActorPool(
+            rollouts, "rollout", RetryPolicy(max_retries=cfg.cluster.rollout_retries),
+            names=FaultNames(timeout="rollout_timeout", died="rollout_actor_lost", retried="rollout_retried_prompts",
+                             lost="rollout_dropped_prompts"), faults=self.faults)
         if cfg.cluster.colocate:  # vLLM sizes its memory from what is free: start it before the learner takes any
             ray.get([a.ping.remote() for a in self.rollouts], timeout=self.timeout)
         learner_plan = self.reservation.plans.get("learner")
@@ -121,6 +118,11 @@ class ActorSet:
         self.version = 0
         self._sync_group = False  # rollout.weight_path=nccl: the learner and the engines have joined the group
 
+    @property
+    def rollouts(self) -> list[Any]:
+        """The rollout actors' handles (``rollout-<i>``)."""
+        return self.rollout_pool.actors
+
     # -- rollouts ------------------------------------------------------------------------------------------
     def _submit(self, method: str, instances: list[Instance], **kwargs: Any) -> PendingRollouts:
         """Split ``instances`` across the live rollout actors (contiguous shares, so results keep their order).
@@ -129,59 +131,39 @@ class ActorSet:
         live = [i for i in range(len(self.rollouts)) if i not in self.dead]
         if not live:
             raise RuntimeError("every rollout actor is dead (cluster.max_actor_restarts used up); the run stops")
-        shares, offset = [], 0
+        calls, offset = [], 0
         for i, part in zip(live, _split(instances, len(live))):
             if part:
                 kw = dict(kwargs)
                 if "seed" in kw:
                     kw["seed"] += offset * int(kw.get("n", 1))
-                shares.append(_Share(i, method, part, kw, getattr(self.rollouts[i], method).remote(part, **kw),
-                                     self.version))
+                calls.append(self.rollout_pool.submit(i, method, part, size=len(part), **kw))
             offset += len(part)
-        return PendingRollouts(list(instances), shares)
+        return PendingRollouts(list(instances), calls, self.version)
 
     def _collect(self, pending: PendingRollouts, timeout: float) -> list[Any]:
         """Every share's results in order; a share lost to a dead or hung actor is regenerated on the restarted
         actor (``cluster.rollout_retries`` times) or comes back as one ``RolloutFailure`` per instance."""
-        out: list[Any] = []
-        for sh in pending.shares:
-            out += self._share_result(sh, timeout)
-        return out
 
-    def _share_result(self, sh: _Share, timeout: float) -> list[Any]:
-        retries = self.cfg.cluster.rollout_retries
-        for attempt in range(retries + 1):
-            try:
-                res = ray.get(sh.ref, timeout=timeout)
-                stale = [x for x in res if isinstance(x, PromptGroup) and x.policy_version < sh.version]
-                if not stale:
-                    return res
-                # the actor died between calls and Ray restarted it silently, with the initial weights
-                reason, detail = "rollout_actor_lost", f"restarted actor served policy version " \
-                                                      f"{stale[0].policy_version} < {sh.version}"
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
-                reason = "rollout_timeout" if isinstance(e, ray.exceptions.GetTimeoutError) else "rollout_actor_lost"
-                detail = f"{type(e).__name__}: {str(e)[:200]}"
-                if reason == "rollout_timeout":  # a hung actor: kill it so that Ray restarts it
-                    ray.kill(self.rollouts[sh.actor], no_restart=False)
-            self.faults[reason] += 1
-            log.warning("rollout-%d: %s with %d prompts in flight (%s)", sh.actor, reason, len(sh.instances),
-                        detail[:120])
-            if not self._revive(sh.actor) or attempt == retries:
-                break
-            self.faults["rollout_retried_prompts"] += len(sh.instances)
-            sh.ref = getattr(self.rollouts[sh.actor], sh.method).remote(sh.instances, **sh.kwargs)
-        self.faults["rollout_dropped_prompts"] += len(sh.instances)
-        return [RolloutFailure(inst.uid, reason, detail) for inst in sh.instances]
+        def stale(res: list[Any]) -> Optional[str]:  # the actor died between calls and Ray restarted it silently
+            old = [x.policy_version for x in res if isinstance(x, PromptGroup) and x.policy_version < pending.version]
+            return f"restarted actor served policy version {old[0]} < {pending.version}" if old else None
+
+        out: list[Any] = []
+        for call, res in zip(pending.calls, self.rollout_pool.gather(pending.calls, timeout, check=stale,
+                                                                     revive=self._revive)):
+            if isinstance(res, Lost):  # one failure per instance of the share, with the fault's reason
+                res = [RolloutFailure(inst.uid, res.reason, res.detail) for inst in call.args[0]]
+            out += res
+        return out
 
     def _revive(self, i: int) -> bool:
         """Wait for Ray to restart rollout actor ``i`` and give it the current weights; False if it is gone."""
-        actor = self.rollouts[i]
         try:
-            _wait_restarted(actor, self.timeout)
+            self.rollout_pool.wait_restarted(i, self.timeout)
             if self.version > 0:
                 handle = self.learner.get_weights()
-                ray.get(actor.apply_weights.remote(handle.ref), timeout=self.timeout)
+                ray.get(self.rollouts[i].apply_weights.remote(handle.ref), timeout=self.timeout)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
             log.error("rollout-%d cannot be restarted (%s); continuing with the other rollout actors", i,
                       type(e).__name__)
@@ -342,20 +324,6 @@ class ActorSet:
         self.learner.shutdown()
         self.reservation.release()
         shutil.rmtree(self.snapshot_dir, ignore_errors=True)  # checkpoints hold what a later job resumes from
-
-
-def _wait_restarted(actor: Any, timeout: float) -> None:
-    """Block until ``actor`` answers a ping. While Ray restarts it, calls fail with ``ActorUnavailableError``:
-    poll; ``ActorDiedError`` (restarts used up) and the timeout are raised."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            ray.get(actor.ping.remote(), timeout=max(deadline - time.monotonic(), 1.0))
-            return
-        except ray.exceptions.ActorUnavailableError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 def _split(items: list, n: int) -> list[list]:
