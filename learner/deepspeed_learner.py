@@ -351,6 +351,7 @@ class DeepSpeedLearner:
         self._ref: Any = None
         self._ref_source = "none"
         self._ref_ready = False
+        self._ref_at: Optional[int] = None  # the policy version the reference equals (None: a configured path)
 
     # -- setup ---------------------------------------------------------------------------------------------
     @property
@@ -514,14 +515,14 @@ class DeepSpeedLearner:
     def _setup_reference(self) -> None:
         """kl_coef = 0 loads nothing. Otherwise: ref_model_path's model; or, until the first GRPO step decides,
         the initial weights (a copy of model_path; nothing with LoRA: the adapters are disabled instead)."""
-        self._ref, self._ref_source, self._ref_ready = None, "none", False
+        self._ref, self._ref_source, self._ref_ready, self._ref_at = None, "none", False, None
         if not self._kl:
             return
         path = getattr(self.cfg.learner, "ref_model_path", None)
         if path:
             self._ref, self._ref_source, self._ref_ready = self._build_reference(str(path)), "path", True
             return
-        self._ref_source = "initial"
+        self._ref_source, self._ref_at = "initial", 0
         if not self._lora:
             self._ref = self._build_reference(self.model_path)
 
@@ -533,7 +534,7 @@ class DeepSpeedLearner:
             if self._ref is None:
                 self._ref = self._build_reference(self.model_path)
             refw.copy_into(self._ref_model_module(), self._iter_weights())
-            self._ref_source = "snapshot"
+            self._ref_source, self._ref_at = "snapshot", self.version
         self._ref_ready = True
 
     def _ref_model_module(self) -> nn.Module:
@@ -543,10 +544,13 @@ class DeepSpeedLearner:
 
     @torch.no_grad()
     def _ref_logprobs(self, b: dict[str, Any]) -> torch.Tensor:
+        """Reference log-probs on the response tokens, computed over the same micro-batches and logit window as the
+        policy's training forward: at π_θ = π_ref they then equal the policy's bit for bit, so the k3 term has an
+        exactly zero gradient (float noise there is what Adam turns into lr-sized moves of idle parameters)."""
         if self._ref is None:  # LoRA: the base model is the policy with its adapters disabled
             with self.model.disable_adapter():
-                return self._logprobs(b, self.engine)
-        return self._logprobs(b, self._ref)
+                return self._logprobs(b, self.engine, scored="policy")
+        return self._logprobs(b, self._ref, scored="policy")
 
     # -- collectives ---------------------------------------------------------------------------------------
     def _all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
@@ -873,10 +877,15 @@ class DeepSpeedLearner:
             out = {"loss": 0.0, "tokens": 0.0, "skipped_empty": 1.0, "skipped_nonfinite": 0.0}
             out.update({k: float(v) for k, v in skipped.items()})
             return out | self._common_metrics()
+        # While no optimizer step separates the policy from its reference (the first GRPO step of a stage), the
+        # reference log-probs are the training forward's own (epoch 0, detached; kept for later epochs): exactly
+        # equal, so the k3 term and its gradient are exactly 0 on any rank layout, and no reference forward runs.
+        ref_is_policy = False
         if kind == "policy" and self._kl:
             self._ensure_reference()
             if b.get("ref_logprobs") is None:
-                b["ref_logprobs"] = self._ref_logprobs(b)
+                ref_is_policy = self._ref_at == self.version
+                b["ref_logprobs"] = (torch.zeros(b["input_ids"].shape) if ref_is_policy else self._ref_logprobs(b))
         for _epoch in range(epochs):
             poisoned = False
             for j in range(n_micro):
@@ -887,6 +896,10 @@ class DeepSpeedLearner:
                 ids = mb["input_ids"]
                 if kind == "policy":
                     lp = self._aligned_logprobs(logits, ids, mb["keep"])
+                    if ref_is_policy and _epoch == 0:
+                        mb["ref_logprobs"] = lp.detach()
+                        if weight > 0:
+                            b["ref_logprobs"][rows, : mb["width"]] = lp.detach().float().cpu()
                     old = mb.get("old_logprobs")
                     old = old if old is not None else lp.detach()
                     loss, m = policy_loss(lp, old, mb["advantages"], mb["response_mask"], clip_low=lc.clip_low,
@@ -963,8 +976,9 @@ class DeepSpeedLearner:
         self._require_engine()
         return self._logprobs(self._to_rows(batch), self.engine)
 
-    def _logprobs(self, b: dict[str, Any], module: Any) -> torch.Tensor:
-        """Log-probs ``[N, L]`` of ``module`` (the policy engine or the reference) for prepared rows ``b``."""
+    def _logprobs(self, b: dict[str, Any], module: Any, scored: Optional[str] = None) -> torch.Tensor:
+        """Log-probs ``[N, L]`` of ``module`` (the policy engine or the reference) for prepared rows ``b``: every
+        position, or (``scored="policy"``) only from each micro-batch's first response token on (0 before)."""
         n, length = b["input_ids"].shape
         out = torch.zeros(n, length)
         micro = self._microbatches(n)
@@ -974,7 +988,8 @@ class DeepSpeedLearner:
         try:
             for j in range(n_micro):
                 rows = micro[j] if j < len(micro) else micro[0]
-                mb = self._micro_inputs(b, rows, first_needed=1)
+                first = self._first_scored(b, rows, scored) if scored else 1
+                mb = self._micro_inputs(b, rows, first_needed=first)
                 logits, _ = self._forward(mb, module)
                 if j < len(micro):
                     lp = self._aligned_logprobs(logits, mb["input_ids"], mb["keep"])
@@ -1049,7 +1064,7 @@ class DeepSpeedLearner:
         return {"version": self.version, "optimizer_steps": self.optimizer_steps, "base_lr": self.base_lr,
                 "zero_stage": int(self.cfg.learner.zero_stage), "world_size": self.world_size,
                 "counters": dict(self.counters),
-                "reference": {"source": self._ref_source, "ready": self._ref_ready}}
+                "reference": {"source": self._ref_source, "ready": self._ref_ready, "at": self._ref_at}}
 
     def save_checkpoint(self, directory: str | Path) -> str:
         """DeepSpeed state (weights, optimizer, per-rank shards) + ``learner_state.json``, atomically. All ranks."""
@@ -1113,6 +1128,8 @@ class DeepSpeedLearner:
         elif self._ref_source == "snapshot":  # back to the initial weights
             self._ref = None if self._lora else self._build_reference(self.model_path)
         self._ref_source = source
+        at = saved.get("at", 0 if source == "initial" else None)
+        self._ref_at = int(at) if at is not None else None
 
     def export_hf(self, directory: str | Path, dtype: Optional[str] = None) -> str:
         """HF folder with safetensors weights (rank 0 writes; all ranks gather)."""

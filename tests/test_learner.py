@@ -463,8 +463,11 @@ def test_kl_reference_is_the_policy_at_grpo_start_and_survives_a_checkpoint(tiny
         assert kl._ref_source == "snapshot" and first["kl_ref"] == pytest.approx(0.0, abs=1e-7)
         ref_w = dict(kl._ref_model_module().named_parameters())
         assert all(torch.equal(ref_w[k], post_sft[k]) for k in post_sft)
-        # at π_θ = π_ref the k3 term has zero gradient: the first updates are equal
+        # at π_θ = π_ref the k3 term has zero gradient: the first updates are equal, bit for bit (the reference
+        # log-probs are the training forward's own; float noise there would become lr-sized Adam moves)
         assert first["loss"] == pytest.approx(plain.train_step(_batch())["loss"], abs=1e-6)
+        w_kl, w_plain = _params(kl), _params(plain)
+        assert all(torch.equal(w_kl[k], w_plain[k]) for k in w_plain)
         kl.save_checkpoint(tmp_path / "ckpt")
         second, second_plain = kl.train_step(_batch()), plain.train_step(_batch())
         assert second["kl_ref"] > 1e-4
@@ -484,6 +487,17 @@ def test_kl_reference_is_the_policy_at_grpo_start_and_survives_a_checkpoint(tiny
             second["loss"], abs=1e-6)
     finally:
         again.shutdown()
+
+
+def test_kl_later_ppo_epochs_use_the_first_epochs_reference(tiny_dir):
+    """ppo_epochs=2 at the first GRPO step: epoch 1's own log-probs are the reference for epoch 2 (KL small and
+    > 0 once the policy moved; an unfilled reference, log-prob 0, would give a k3 of hundreds)."""
+    lrn = _fresh(tiny_dir, "learner.zero_stage=0", "learner.kl_coef=0.5", "learner.ppo_epochs=2")
+    try:
+        m = lrn.train_step(_batch())
+        assert m["optimizer_steps"] == 2 and 1e-6 < m["kl_ref"] < 1.0
+    finally:
+        lrn.shutdown()
 
 
 @pytest.mark.ray
