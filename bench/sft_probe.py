@@ -24,7 +24,7 @@ ap.add_argument('--steps', type=int, default=200); ap.add_argument('--batch', ty
 ap.add_argument('--lr', type=float, default=3e-3); ap.add_argument('--sizes', default='{}')
 ap.add_argument('--model', default='runs/probe-model'); ap.add_argument('--every', type=int, default=50)
 ap.add_argument('--frames', type=int, default=8); ap.add_argument('--port', type=int, default=29700)
-ap.add_argument('--corpus', default=None)
+ap.add_argument('--corpus', default=None); ap.add_argument('--max-new-tokens', type=int, default=64)
 a = ap.parse_args()
 torch.set_num_threads(2)
 tasks = a.tasks.split(',')
@@ -51,7 +51,7 @@ lrn.setup()
 rng = random.Random(0)
 def ev_once(step):
     w.apply_weights(lrn.weight_payload())
-    outs = w.generate(ev, 1, max_new_tokens=40, temperature=0.0)
+    outs = w.generate(ev, 1, max_new_tokens=a.max_new_tokens, temperature=0.0)
     preds = {g.instance_id: g.completions[0].text for g in outs if hasattr(g, 'completions')}
     r = evaluate(ev, preds)
     print(f'step {step} t={time.time()-t0:.0f}s', {c: round(r['table'][c], 3) for c in cols}, flush=True)

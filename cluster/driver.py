@@ -121,6 +121,7 @@ class Trainer:
         skipped = {f"data/skipped/{k}": v for k, v in self.data_skipped.items()}
         skipped.update({f"data/eval_skipped/{k}": v for k, v in self.eval_skipped.items()})
         skipped["data/train_instances"] = len(self.train_instances)
+        skipped.update(self._answers_over_budget())
         self.tracker.log_metrics(skipped, step=self.global_step)
         self._baseline: Optional[dict[str, Any]] = None
         if self.eval_instances:  # what the eval table is read against, beside eval/*
@@ -171,6 +172,24 @@ class Trainer:
             from data.knowledge import load_knowledge
 
             self.knowledge = load_knowledge(cfg.knowledge_file)
+
+    def _answers_over_budget(self) -> dict[str, float]:
+        """Warn about tasks whose reference answers are longer than ``rollout.max_new_tokens``: the policy can never
+        write them whole. Returns the share of such answers per qa_type (``data/answers_over_budget/*``)."""
+        from data.answer_budget import answers_over_budget, tokenizer_counter
+
+        budget = self.cfg.rollout.max_new_tokens
+        try:
+            count = tokenizer_counter(self.cfg.model.path)
+        except (OSError, ValueError) as e:  # e.g. a hub id the driver's machine has not downloaded
+            log.warning("answer lengths not checked against rollout.max_new_tokens: no tokenizer at %s (%s)",
+                        self.cfg.model.path, e)
+            return {}
+        over = answers_over_budget(self.train_instances + self.eval_instances, count, budget)
+        for qa_type, s in over.items():
+            log.warning("rollout.max_new_tokens=%d is shorter than %d of %d %s reference answers (longest %d tokens): "
+                        "those answers can never be generated whole", budget, s["over"], s["n"], qa_type, s["longest"])
+        return {f"data/answers_over_budget/{k}": s["over"] / s["n"] for k, s in over.items()}
 
     def _start_actors(self) -> None:
         from cluster.actor_set import ActorSet

@@ -56,6 +56,8 @@ def test_sft_then_grpo_end_to_end(ray_local, synth_dir, tiny_model_dir, tmp_path
     assert run.info.status == "FINISHED" and trainer.global_step == 4
     m = run.data.metrics
     assert "loss/sft" in m
+    # rollout.max_new_tokens=8 cuts every STG and CVS reference answer (56+ and 17 tokens): reported at start-up
+    assert m["data/answers_over_budget/stg"] == 1.0 and m["data/answers_over_budget/cvs_assessment"] == 1.0
     trained_steps = sum(v > 0 for s, v in _metric_history(trainer, "accounting/prompts_trained") if s > 1)  # GRPO
     assert m["policy/version"] == 1 + trained_steps  # one SFT update + one per GRPO step that had signal
     # accounting identity, every GRPO step
