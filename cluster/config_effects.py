@@ -1,0 +1,163 @@
+"""Every leaf key of ``TrainConfig`` and the test that shows changing it changes behaviour (issue 13 item 11).
+
+``EFFECTS`` maps a dotted key (``stages[].lr`` for a field of each stage) to a pytest node id; the test drives the
+key's value (through ``load_config`` / the component built from it, or the component's own parameter that the key
+is passed to) and asserts a different outcome. ``OWED`` lists the keys that are read (their reader is named) but
+whose effect test is still to be written; it may only shrink. ``tests/test_config_effects.py`` fails when a key
+has no entry, an entry names a key that no longer exists, a named test does not exist, or ``OWED`` grows: a new
+key cannot land without its effect test.
+"""
+from __future__ import annotations
+
+_T = "tests/"
+_FX = _T + "test_config_effects.py::"
+
+EFFECTS: dict[str, str] = {
+    # the job
+    "run_dir": _T + "test_run_dir.py::test_fresh_run_into_a_used_folder_is_refused_with_the_ways_out",
+    "seed": _T + "test_sampler.py::test_deterministic_under_seed",
+    "stages[].name": _T + "test_tracking.py::test_progress_bar_labels_the_running_stage_and_what_it_shows",
+    "stages[].kind": _T + "test_train_job.py::test_sft_then_grpo_end_to_end",
+    "stages[].steps": _T + "test_train_job.py::test_sft_then_grpo_end_to_end",
+    "stages[].tasks": _T + "test_sampler.py::test_set_tasks_stage_curriculum_is_deterministic_and_resumable",
+    "stages[].lr": _T + "test_learner.py::test_set_lr_takes_effect",
+    "checkpoint_every": _T + "test_train_job.py::test_sft_then_grpo_end_to_end",
+    "keep_checkpoints": _T + "test_checkpoints.py::test_commit_keeps_last_k_and_no_temp_left",
+    "eval_every": _T + "test_train_job.py::test_sft_then_grpo_end_to_end",
+    "resume": _T + "test_run_dir.py::test_resume_auto_continues_the_recorded_run_and_starts_one_in_an_empty_folder",
+    "overwrite": _T + "test_run_dir.py::test_overwrite_starts_clean_and_leaves_other_files",
+    # data
+    "data.eval_files": _T + "test_train_eval.py::test_eval_fills_llm_and_similarity_columns_with_the_runs_judge",
+    "data.data_roots": _T + "test_reader.py::test_path_confinement",
+    "data.task_weights": _T + "test_sampler.py::test_bucket_probabilities_follow_the_rule",
+    "data.source_weights": _T + "test_sampler.py::test_zero_weight_excludes_and_family_keys",
+    "data.tasks": _T + "test_sampler.py::test_set_tasks_stage_curriculum_is_deterministic_and_resumable",
+    "data.max_frames": _T + "test_video.py::test_cap_uniform_subsample",
+    "data.max_pixels": _T + "test_video.py::test_pixel_budget",
+    "data.min_pixels": _T + "test_video.py::test_pixel_budget",
+    "data.video_backend": _T + "test_video.py::test_auto_falls_back_to_pyav",
+    "data.knowledge_file": _T + "test_reward_switches.py::test_recitation_penalty_fires_with_the_synthetic_knowledge_file",
+    "data.eval_max_samples": _T + "test_learning_study.py::test_quick_study_runs_a_group_end_to_end",
+    # model
+    "model.dtype": _FX + "test_model_dtype_and_top_p_reach_the_hf_rollout_backend",
+    "model.path": _T + "test_rollout.py::test_grpo_learns_an_easy_reward",
+    "model.freeze_vision_tower": _T + "test_learner.py::test_sft_step_loss_equals_hf_loss",
+    "model.gradient_checkpointing": _FX + "test_model_keys_change_the_learners_model",
+    "model.attn_implementation": _FX + "test_model_keys_change_the_learners_model",
+    "model.lora_rank": _T + "test_learner.py::test_lora_trains_adapters_only_and_pushes_merged_weights",
+    "model.lora_alpha": _T + "test_learner.py::test_lora_trains_adapters_only_and_pushes_merged_weights",
+    "model.lora_target_modules": _T + "test_learner.py::test_lora_bad_target_is_a_startup_error_naming_the_key",
+    # rollout
+    "rollout.backend": _T + "test_config.py::test_weight_path_key",
+    "rollout.num_actors": _FX + "test_resource_keys_shape_the_placement_plan",
+    "rollout.max_new_tokens": _FX + "test_max_new_tokens_is_the_dr_grpo_normaliser",
+    "rollout.temperature": _T + "test_rollout.py::test_behaviour_logprobs_match_learner",
+    "rollout.top_p": _FX + "test_model_dtype_and_top_p_reach_the_hf_rollout_backend",
+    "rollout.max_staleness": _T + "test_train_job.py::test_sft_then_grpo_end_to_end",
+    "rollout.dynamic_sampling": _T + "test_faults.py::test_rollout_share_dropped_with_reason_when_retries_are_used_up",
+    "rollout.enable_sleep_mode": _T + "test_config.py::test_half_switches_are_refused_or_implied_at_start_up",
+    "rollout.weight_path": _T + "vllm_lane/test_vllm_engine.py::test_bucketed_broadcast_into_the_engine",
+    "rollout.batch_prompts": _T + "test_rollout.py::test_batched_greedy_equals_per_prompt",
+    "rollout.max_batch_prompts": _T + "test_rollout.py::test_batched_greedy_equals_per_prompt",
+    "rollout.num_cpus": _FX + "test_resource_keys_shape_the_placement_plan",
+    "rollout.num_gpus": _FX + "test_resource_keys_shape_the_placement_plan",
+    # reward
+    "reward.num_workers": _FX + "test_resource_keys_shape_the_placement_plan",
+    "reward.num_cpus": _FX + "test_resource_keys_shape_the_placement_plan",
+    "reward.similarity_mapping": _FX + "test_similarity_keys_reach_the_reward_scorers_model",
+    "reward.similarity_model": _FX + "test_similarity_keys_reach_the_reward_scorers_model",
+    "reward.require_think": _T + "test_task_scores.py::test_image_tasks",
+    "reward.format_gate": _T + "test_reward_worker.py::test_iou_threshold_and_format_gate",
+    "reward.caption_judge_weight": _FX + "test_caption_weight_and_fallback_change_the_caption_reward",
+    "reward.caption_fallback": _FX + "test_caption_weight_and_fallback_change_the_caption_reward",
+    "reward.dvc_caption_weight": _T + "test_reward_switches.py::test_dvc_reward_mixes_f1_with_the_judged_captions_of_matched_segments",
+    "reward.length_mode": _T + "test_reward_worker.py::test_shaping_terms",
+    "reward.length_target": _T + "test_reward_worker.py::test_shaping_terms",
+    "reward.length_weight": _T + "test_reward_worker.py::test_shaping_terms",
+    "reward.graded_ordinal": _T + "test_reward_switches.py::test_graded_ordinal_reward_through_the_reward_workers",
+    "reward.recitation_coef": _T + "test_reward_switches.py::test_recitation_penalty_fires_with_the_synthetic_knowledge_file",
+    "reward.semantic_alignment_weight": _T + "test_reward_worker.py::test_shaping_terms",
+    "reward.iou_threshold_reward": _T + "test_reward_worker.py::test_iou_threshold_and_format_gate",
+    "reward.task_weights": _FX + "test_reward_task_weights_scale_the_final_reward",
+    # the judge
+    "reward.judge.backend": _T + "test_train_eval.py::test_eval_fills_llm_and_similarity_columns_with_the_runs_judge",
+    "reward.judge.model": _T + "test_judge_actor.py::test_openai_scores_caches_dedups_and_sends_the_key",
+    "reward.judge.base_url": _T + "test_faults.py::test_bad_judge_endpoint_falls_back_visibly_in_mlflow",
+    "reward.judge.api_key_env": _T + "test_judge_actor.py::test_openai_scores_caches_dedups_and_sends_the_key",
+    "reward.judge.timeout_s": _T + "test_judge_actor.py::test_slow_replies_time_out_and_are_retried",
+    "reward.judge.max_retries": _T + "test_judge_actor.py::test_500s_are_retried_with_exponential_backoff",
+    "reward.judge.backoff_s": _T + "test_judge_actor.py::test_500s_are_retried_with_exponential_backoff",
+    "reward.judge.batch_size": _T + "test_bench.py::test_judge_core_batches_distinct_caption_pairs",
+    "reward.judge.max_concurrency": _FX + "test_judge_max_concurrency_bounds_the_http_pool",
+    "reward.judge.cache_size": _T + "test_judge_actor.py::test_openai_scores_caches_dedups_and_sends_the_key",
+    "reward.judge.breaker_failures": _T + "test_judge_actor.py::test_breaker_opens_over_http_and_recovers",
+    "reward.judge.breaker_cooldown_s": _T + "test_judge_actor.py::test_breaker_half_open_probe_with_a_fake_clock",
+    "reward.judge.max_new_tokens": _T + "test_judge_actor.py::test_hf_backend_parse_path_with_patched_generation",
+    "reward.judge.num_gpus": _FX + "test_resource_keys_shape_the_placement_plan",
+    # normalizer
+    "normalizer.mode": _T + "test_normalizer.py::test_min_samples_passthrough_then_table_then_stream",
+    "normalizer.k": _T + "test_normalizer.py::test_logistic_hand_values",
+    "normalizer.eps": _T + "test_normalizer.py::test_logistic_hand_values",
+    "normalizer.min_samples": _T + "test_normalizer.py::test_min_samples_passthrough_then_table_then_stream",
+    "normalizer.table_file": _T + "test_normalizer.py::test_table_files_json_csv_and_save_round_trip",
+    "normalizer.sketch_size": _T + "test_normalizer.py::test_rank_error_after_10k_samples",
+    "normalizer.warm_samples": _T + "test_normalizer.py::test_warm_blends_table_toward_stream",
+    "normalizer.update_first": _T + "test_normalizer.py::test_process_updates_first_then_normalizes_in_input_order",
+    # curriculum
+    "curriculum.enabled": _T + "test_config.py::test_half_switches_are_refused_or_implied_at_start_up",
+    "curriculum.tau0": _T + "test_curriculum.py::test_scripted_tau_trajectory_with_window_refresh",
+    "curriculum.tau_max": _T + "test_curriculum.py::test_scripted_tau_trajectory_with_window_refresh",
+    "curriculum.window": _T + "test_curriculum.py::test_window_statistics_pool_groups_and_use_population_std",
+    "curriculum.margin": _T + "test_curriculum.py::test_no_raise_when_any_one_condition_fails",
+    "curriculum.schedule": _T + "test_curriculum.py::test_tables_and_delta_schedules",
+    "curriculum.delta_max": _T + "test_curriculum.py::test_tables_and_delta_schedules",
+    "curriculum.delta_min": _T + "test_curriculum.py::test_tables_and_delta_schedules",
+    # learner
+    "learner.num_ranks": _T + "test_learner.py::test_two_ranks_match_one_rank",
+    "learner.zero_stage": _FX + "test_learner_keys_shape_the_engine_config",
+    "learner.lr": _FX + "test_learner_keys_shape_the_engine_config",
+    "learner.weight_decay": _FX + "test_model_keys_change_the_learners_model",
+    "learner.warmup_steps": _FX + "test_learner_keys_shape_the_engine_config",
+    "learner.micro_batch_size": _FX + "test_learner_keys_shape_the_engine_config",
+    "learner.ppo_epochs": _T + "test_learner.py::test_kl_later_ppo_epochs_use_the_first_epochs_reference",
+    "learner.advantage": _T + "test_losses.py::test_drgrpo_and_rloo",
+    "learner.loss_agg": _T + "test_losses.py::test_policy_loss_aggregations",
+    "learner.clip_low": _FX + "test_clip_keys_change_the_policy_loss",
+    "learner.clip_high": _FX + "test_clip_keys_change_the_policy_loss",
+    "learner.kl_coef": _T + "test_learner.py::test_kl_reference_is_the_policy_at_grpo_start_and_survives_a_checkpoint",
+    "learner.ref_model_path": _T + "test_config.py::test_kl_reference_and_lora_keys_are_checked",
+    "learner.max_grad_norm": _FX + "test_learner_keys_shape_the_engine_config",
+    "learner.bf16": _FX + "test_learner_keys_shape_the_engine_config",
+    "learner.backend": _FX + "test_learner_keys_shape_the_engine_config",
+    "learner.collective_timeout_s": _FX + "test_learner_keys_shape_the_engine_config",
+    "learner.num_cpus": _FX + "test_resource_keys_shape_the_placement_plan",
+    "learner.num_gpus": _FX + "test_resource_keys_shape_the_placement_plan",
+    # cluster
+    "cluster.colocate": _T + "test_placement.py::test_plan_colocated_shares_one_bundle_per_device",
+    "cluster.placement_strategy": _FX + "test_resource_keys_shape_the_placement_plan",
+    "cluster.dashboard_host": _T + "test_security.py::test_local_ray_dashboard_binds_loopback",
+    "cluster.get_timeout_s": _T + "test_actor_pool.py::test_a_hung_call_times_out_and_its_actor_is_restarted",
+    "cluster.rollout_retries": _T + "test_faults.py::test_rollout_share_dropped_with_reason_when_retries_are_used_up",
+    # tracking: where the run's records go
+    "tracking.mlflow_uri": _T + "test_ray_job_submit.py::test_ray_job_submit_runs_training",
+    "tracking.experiment": _FX + "test_tracking_experiment_names_the_mlflow_experiment",
+    "tracking.run_name": _T + "test_tracking.py::test_tracker_logs_and_resumes",
+    "tracking.progress_bar": _T + "test_tracking.py::test_progress_bar_labels_the_running_stage_and_what_it_shows",
+}
+
+# Read (reader named) but without an effect test yet. May only shrink (tests/test_config_effects.py).
+OWED: dict[str, str] = {
+    "stages[].prompts_per_step": "cluster/driver.py: prompts drawn per step of that stage",
+    "data.prompts_per_step": "cluster/driver.py: prompts drawn per step (stages without their own)",
+    "rollout.group_size": "cluster/actor_set.py: completions generated per prompt (n)",
+    "data.train_files": "cluster/driver.py: the training instances",
+    "rollout.max_refill_rounds": "cluster/driver.py: dynamic-sampling refill loop bound",
+    "rollout.gpu_memory_utilization": "actors/rollout_backends.py: vLLM engine kwarg (GPU lane only)",
+    "rollout.tensor_parallel_size": "actors/rollout_backends.py: vLLM engine kwarg (GPU lane only)",
+    "reward.judge.gpu_memory_utilization": "rewards/judge_backends.py: the vllm judge's engine kwarg (GPU only)",
+    "cluster.address": "cluster/driver.py: ray.init(address=...)",
+    "cluster.num_cpus": "cluster/driver.py: ray.init(num_cpus=...) of a local Ray",
+    "cluster.max_actor_restarts": "cluster/actor_set.py: max_restarts of every light actor",
+    "tracking.rollout_samples_per_step": "cluster/driver.py: rollout samples logged per step",
+    "tracking.log_checkpoints": "cluster/driver.py: copy checkpoints into MLflow artifacts",
+}

@@ -1,0 +1,294 @@
+"""No config key is inert (issue 13 item 11): every leaf key of ``TrainConfig`` has an entry in
+``cluster/config_effects.py`` naming the test that shows its effect, and the effect tests the table names here.
+
+The table check is cheap (dataclass introspection + ``ast``: no test runs); the effect tests below drive a key
+through ``load_config`` into the component that reads it and assert a different outcome."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import math
+import os
+import typing
+from pathlib import Path
+
+import pytest
+import torch
+
+from cluster.config import TrainConfig, load_config
+from cluster.config_effects import EFFECTS, OWED
+from tests.test_learner import _fresh, tiny_dir  # noqa: F401 - the tiny model fixture
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The keys whose effect test was still owed when the table was made; OWED may only lose keys (a new key needs its
+# effect test in EFFECTS).
+OWED_AT_START = frozenset({
+    "stages[].prompts_per_step", "data.prompts_per_step", "rollout.group_size", "data.train_files",
+    "rollout.max_refill_rounds", "rollout.gpu_memory_utilization", "rollout.tensor_parallel_size",
+    "reward.judge.gpu_memory_utilization", "cluster.address", "cluster.num_cpus", "cluster.max_actor_restarts",
+    "tracking.rollout_samples_per_step", "tracking.log_checkpoints",
+})
+
+
+def leaf_keys(cls: type = TrainConfig, prefix: str = "") -> list[str]:
+    """Dotted leaf keys of a config dataclass; a list of dataclasses contributes ``name[].field``."""
+    hints = typing.get_type_hints(cls)
+    out: list[str] = []
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        args = typing.get_args(t)
+        if dataclasses.is_dataclass(t):
+            out += leaf_keys(t, f"{prefix}{f.name}.")
+        elif typing.get_origin(t) is list and args and dataclasses.is_dataclass(args[0]):
+            out += leaf_keys(args[0], f"{prefix}{f.name}[].")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def _test_functions(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and n.name.startswith("test_")}
+
+
+def test_every_config_key_has_an_effect_test():
+    keys = set(leaf_keys())
+    assert len(keys) > 100
+    both = set(EFFECTS) & set(OWED)
+    assert not both, f"keys both in EFFECTS and OWED: {sorted(both)}"
+    missing = sorted(keys - set(EFFECTS) - set(OWED))
+    assert not missing, (f"config keys without an effect test: {missing}; add a test that changes the key and sees "
+                         f"a different behaviour, and its node id to cluster/config_effects.py EFFECTS")
+    stale = sorted((set(EFFECTS) | set(OWED)) - keys)
+    assert not stale, f"cluster/config_effects.py names keys that no longer exist: {stale}"
+    grown = sorted(set(OWED) - OWED_AT_START)
+    assert not grown, f"OWED may only shrink; write the effect test for {grown} instead"
+
+
+def test_every_named_effect_test_exists():
+    found: dict[Path, set[str]] = {}
+    bad = []
+    for key, node in EFFECTS.items():
+        file, _, func = node.partition("::")
+        path = REPO / file
+        if not path.is_file():
+            bad.append(f"{key}: no file {file}")
+            continue
+        if path not in found:
+            found[path] = _test_functions(path)
+        if func not in found[path]:
+            bad.append(f"{key}: {file} has no test {func}")
+    assert not bad, "\n".join(bad)
+
+
+def test_owed_keys_name_a_reader_that_reads_them():
+    """An owed key is read somewhere (else it is inert and must go): the named file mentions the field."""
+    for key, why in OWED.items():
+        file = why.split(":")[0].split(" ")[0]
+        field_name = key.split(".")[-1]
+        assert (REPO / file).is_file(), (key, file)
+        assert field_name in (REPO / file).read_text(), (key, file)
+
+
+# --------------------------------------------------------------------------------------------- effect tests
+def test_learner_keys_shape_the_engine_config(monkeypatch):
+    """zero_stage, micro_batch_size, max_grad_norm, bf16 -> DeepSpeed config; backend -> process group backend;
+    lr and warmup_steps -> the learning-rate schedule; collective_timeout_s -> init_distributed's timeout."""
+    import deepspeed
+
+    from learner.deepspeed_learner import DeepSpeedLearner
+
+    def ds(*o: str) -> DeepSpeedLearner:
+        return DeepSpeedLearner(load_config(None, list(o)))
+
+    base = ds().ds_config()
+    changed = ds("learner.zero_stage=2", "learner.micro_batch_size=3", "learner.max_grad_norm=0.5",
+                 "learner.bf16=true").ds_config()
+    assert (base["zero_optimization"]["stage"], changed["zero_optimization"]["stage"]) == (0, 2)
+    assert (base["train_micro_batch_size_per_gpu"], changed["train_micro_batch_size_per_gpu"]) == (8, 3)
+    assert ds("learner.micro_batch_size=3")._microbatches(7) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert (base["gradient_clipping"], changed["gradient_clipping"]) == (1.0, 0.5)
+    assert (base["bf16"]["enabled"], changed["bf16"]["enabled"]) == (False, True)
+    assert ds("learner.backend=gloo")._backend() == "gloo" and ds("learner.backend=nccl")._backend() == "nccl"
+    assert ds("learner.lr=0.1")._lr_for(0) == 0.1 and ds("learner.lr=0.2")._lr_for(0) == 0.2
+    warm = ds("learner.lr=0.1", "learner.warmup_steps=4")
+    assert [warm._lr_for(s) for s in range(5)] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1])
+
+    seen = []
+    monkeypatch.setattr(deepspeed, "init_distributed", lambda **kw: seen.append(kw["timeout"].total_seconds()))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    saved = dict(os.environ)  # _init_distributed writes the rank's variables (RANK, MASTER_PORT, ...)
+    try:
+        for t in ("300", "42"):
+            ds(f"learner.collective_timeout_s={t}", "learner.backend=gloo")._init_distributed()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert seen == [300.0, 42.0]
+
+
+def _checkpointing(model) -> bool:
+    if hasattr(type(model), "is_activation_checkpointing"):  # transformers >= 5.2x name
+        return bool(model.is_activation_checkpointing)
+    return bool(model.is_gradient_checkpointing)
+
+
+def test_model_keys_change_the_learners_model(tiny_dir):
+    """attn_implementation, gradient_checkpointing and weight_decay reach the learner's model and optimizer."""
+    plain = _fresh(tiny_dir, "learner.zero_stage=0")
+    try:
+        got = (plain.model.config._attn_implementation, _checkpointing(plain.model),
+               sorted({g["weight_decay"] for g in plain.engine.optimizer.param_groups}))
+    finally:
+        plain.shutdown()
+    assert got == ("sdpa", False, [0.0])
+    other = _fresh(tiny_dir, "learner.zero_stage=0", "model.attn_implementation=eager",
+                   "model.gradient_checkpointing=true", "learner.weight_decay=0.1")
+    try:
+        got = (other.model.config._attn_implementation, _checkpointing(other.model),
+               sorted({g["weight_decay"] for g in other.engine.optimizer.param_groups}))
+    finally:
+        other.shutdown()
+    assert got == ("eager", True, [0.0, 0.1])  # biases and norms keep no decay
+
+
+def test_resource_keys_shape_the_placement_plan():
+    from cluster.placement import plan
+
+    base = plan(load_config(None, ["rollout.num_gpus=1", "learner.num_gpus=1"]))
+    assert base["rollout"].strategy == "PACK" and len(base["rollout"].bundles) == 1
+    assert base["learner"].bundles == [{"CPU": 1.0, "GPU": 1.0}] and base["reward"].bundles == [{"CPU": 1.0}]
+    assert "judge" not in base
+    other = plan(load_config(None, [
+        "cluster.placement_strategy=SPREAD", "rollout.num_actors=2", "rollout.num_cpus=2", "rollout.num_gpus=0.5",
+        "learner.num_ranks=3", "learner.num_cpus=4", "learner.num_gpus=2", "reward.num_workers=2",
+        "reward.num_cpus=3", "reward.judge.backend=hf", "reward.judge.num_gpus=0.25"]))
+    assert other["rollout"].strategy == "SPREAD" and other["reward"].strategy == "SPREAD"
+    assert other["rollout"].bundles == [{"CPU": 2.0, "GPU": 0.5}] * 2
+    assert other["learner"].bundles == [{"CPU": 4.0, "GPU": 2.0}] * 3
+    assert other["reward"].bundles == [{"CPU": 3.0}] * 2
+    assert other["judge"].bundles == [{"GPU": 0.25}]
+
+
+def test_similarity_keys_reach_the_reward_scorers_model():
+    from rewards.scoring import RewardScorer
+
+    def sim(*o: str):
+        return RewardScorer(load_config(None, list(o)).reward).similarity_model  # lazy: no model is loaded
+
+    assert (sim().mapping, sim().model_name) == ("clip", "all-MiniLM-L6-v2")
+    other = sim("reward.similarity_mapping=affine", "reward.similarity_model=all-mpnet-base-v2")
+    assert (other.mapping, other.model_name) == ("affine", "all-mpnet-base-v2")
+
+
+def _combine(cfg, samples, normalized, where):
+    from rewards.assembly import combine
+
+    r = cfg.reward  # the driver's call (cluster/driver.py)
+    return combine(samples, normalized, where, judge_weight=r.caption_judge_weight, fallback=r.caption_fallback,
+                   task_weights=r.task_weights, dvc_caption_weight=r.dvc_caption_weight)
+
+
+def test_caption_weight_and_fallback_change_the_caption_reward():
+    from rewards.assembly import JUDGE, SIMILARITY, SampleReward
+
+    both = [SampleReward("S", "video_summary", "vs", {JUDGE: 1.0, SIMILARITY: 0.0})]
+    where = [(0, JUDGE), (0, SIMILARITY)]
+    assert _combine(load_config(), both, [1.0, 0.0], where).rewards == [0.5]
+    assert _combine(load_config(None, ["reward.caption_judge_weight=0.8"]), both, [1.0, 0.0], where).rewards == [
+        pytest.approx(0.8)]
+    no_judge = [SampleReward("S", "video_summary", "vs", {JUDGE: None, SIMILARITY: 0.6})]
+    assert _combine(load_config(), no_judge, [0.6], [(0, SIMILARITY)]).rewards == [0.6]
+    dropped = _combine(load_config(None, ["reward.caption_fallback=drop"]), no_judge, [0.6], [(0, SIMILARITY)])
+    assert math.isnan(dropped.rewards[0]) and dropped.counters["caption_reward_missing"] == 1
+
+
+def test_reward_task_weights_scale_the_final_reward():
+    from rewards.assembly import TASK, SampleReward
+
+    s = [SampleReward("S", "tal", "tal", {TASK: 0.5})]
+    assert _combine(load_config(), s, [0.5], [(0, TASK)]).rewards == [0.5]
+    assert _combine(load_config(None, ["reward.task_weights={tal: 2.0}"]), s, [0.5], [(0, TASK)]).rewards == [1.0]
+
+
+def test_clip_keys_change_the_policy_loss():
+    """The learner passes learner.clip_low / clip_high to policy_loss: a ratio outside one range but inside the
+    other gives a different loss and gradient."""
+    from learner.losses import policy_loss
+
+    lp = torch.tensor([[0.0, math.log(1.25)]], requires_grad=True)  # ratios 1 and 1.25 against old 0
+    old, mask = torch.zeros(1, 2), torch.ones(1, 2)
+
+    def loss(*o: str) -> tuple[float, float]:
+        lc = load_config(None, list(o)).learner
+        out, _ = policy_loss(lp, old, torch.tensor([1.0]), mask, clip_low=lc.clip_low, clip_high=lc.clip_high)
+        (g,) = torch.autograd.grad(out, lp)
+        return float(out.detach()), float(g[0, 1])
+
+    assert loss() == pytest.approx((-(1 + 1.25) / 2, -1.25 / 2))  # default clip_high 0.3: 1.25 inside
+    assert loss("learner.clip_high=0.2") == pytest.approx((-(1 + 1.2) / 2, 0.0))  # clipped: no gradient
+    neg = torch.tensor([[math.log(0.7)]], requires_grad=True)  # ratio 0.7, negative advantage
+    lows = []
+    for o in (["learner.clip_low=0.2"], ["learner.clip_low=0.35", "learner.clip_high=0.4"]):
+        lc = load_config(None, o).learner
+        out, _ = policy_loss(neg, torch.zeros(1, 1), torch.tensor([-1.0]), torch.ones(1, 1), clip_low=lc.clip_low,
+                             clip_high=lc.clip_high)
+        lows.append(float(out.detach()))
+    assert lows == pytest.approx([0.8, 0.7])  # max(-A·ρ, -A·clip(ρ)): 1-0.2 bites, 1-0.35 does not
+
+
+def test_max_new_tokens_is_the_dr_grpo_normaliser():
+    """With loss_agg seq-sum-max-len the learner divides by rollout.max_new_tokens (and the rollout caps its
+    generations at it)."""
+    from learner.losses import policy_loss
+
+    lp = torch.zeros(1, 4, requires_grad=True)
+
+    def loss(n: int) -> float:
+        cfg = load_config(None, ["learner.loss_agg=seq-sum-max-len", f"rollout.max_new_tokens={n}"])
+        out, _ = policy_loss(lp, torch.zeros(1, 4), torch.tensor([1.0]), torch.ones(1, 4), agg=cfg.learner.loss_agg,
+                             max_len=cfg.rollout.max_new_tokens)
+        return float(out.detach())
+
+    assert loss(8) == pytest.approx(-4 / 8) and loss(16) == pytest.approx(-4 / 16)
+
+
+def test_model_dtype_and_top_p_reach_the_hf_rollout_backend(tiny_dir):
+    """model.dtype is the rollout model's dtype; rollout.top_p goes into its sampling configuration."""
+    from actors.rollout_backends import HFBackend
+
+    dtypes, top_ps = [], []
+    for o in ([], ["model.dtype=bfloat16", "rollout.top_p=0.5"]):
+        cfg = load_config(None, o)
+        backend = HFBackend(tiny_dir, dtype=cfg.model.dtype)
+        dtypes.append(next(backend.model.parameters()).dtype)
+        gen = backend._gen_config(2, max_new_tokens=4, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p)
+        top_ps.append(gen.top_p)
+    assert dtypes == [torch.float32, torch.bfloat16] and top_ps == [1.0, 0.5]
+
+
+def test_tracking_experiment_names_the_mlflow_experiment(tmp_path):
+    from cluster.tracking import Tracker
+
+    uri = (tmp_path / "mlruns").as_uri()
+    names = []
+    for o in ([], ["tracking.experiment=ablation"]):
+        t = Tracker(uri, load_config(None, o).tracking.experiment, ray_metrics=False)
+        names.append(t.client.get_experiment(t.experiment_id).name)
+        t.finish()
+    assert names == ["medgrpo", "ablation"]
+
+
+def test_judge_max_concurrency_bounds_the_http_pool():
+    from rewards.judge_backends import OpenAIBackend
+
+    sizes = []
+    for n in ("8", "3"):
+        cfg = load_config(None, ["reward.judge.backend=openai", "reward.judge.model=m",
+                                 "reward.judge.api_key_env=MEDGRPO_TEST_NO_SUCH_KEY", f"reward.judge.max_concurrency={n}"])
+        b = OpenAIBackend(cfg.reward.judge)
+        sizes.append(b._pool._max_workers)
+        b.close()
+    assert sizes == [8, 3]
