@@ -134,6 +134,8 @@ EFFECTS: dict[str, str] = {
     "learner.num_gpus": _FX + "test_resource_keys_shape_the_placement_plan",
     # cluster
     "cluster.colocate": _T + "test_placement.py::test_plan_colocated_shares_one_bundle_per_device",
+    "cluster.address": _FX + "test_cluster_keys_reach_ray_init",
+    "cluster.num_cpus": _FX + "test_cluster_keys_reach_ray_init",
     "cluster.placement_strategy": _FX + "test_resource_keys_shape_the_placement_plan",
     "cluster.dashboard_host": _T + "test_security.py::test_local_ray_dashboard_binds_loopback",
     "cluster.get_timeout_s": _T + "test_actor_pool.py::test_a_hung_call_times_out_and_its_actor_is_restarted",
@@ -155,8 +157,6 @@ OWED: dict[str, str] = {
     "rollout.gpu_memory_utilization": "actors/rollout_backends.py: vLLM engine kwarg (GPU lane only)",
     "rollout.tensor_parallel_size": "actors/rollout_backends.py: vLLM engine kwarg (GPU lane only)",
     "reward.judge.gpu_memory_utilization": "rewards/judge_backends.py: the vllm judge's engine kwarg (GPU only)",
-    "cluster.address": "cluster/driver.py: ray.init(address=...)",
-    "cluster.num_cpus": "cluster/driver.py: ray.init(num_cpus=...) of a local Ray",
     "cluster.max_actor_restarts": "cluster/actor_set.py: max_restarts of every light actor",
     "tracking.rollout_samples_per_step": "cluster/driver.py: rollout samples logged per step",
     "tracking.log_checkpoints": "cluster/driver.py: copy checkpoints into MLflow artifacts",

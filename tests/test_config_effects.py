@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 OWED_AT_START = frozenset({
     "stages[].prompts_per_step", "data.prompts_per_step", "rollout.group_size", "data.train_files",
     "rollout.max_refill_rounds", "rollout.gpu_memory_utilization", "rollout.tensor_parallel_size",
-    "reward.judge.gpu_memory_utilization", "cluster.address", "cluster.num_cpus", "cluster.max_actor_restarts",
+    "reward.judge.gpu_memory_utilization", "cluster.max_actor_restarts",
     "tracking.rollout_samples_per_step", "tracking.log_checkpoints",
 })
 
@@ -292,3 +292,20 @@ def test_judge_max_concurrency_bounds_the_http_pool():
         sizes.append(b._pool._max_workers)
         b.close()
     assert sizes == [8, 3]
+
+
+def test_cluster_keys_reach_ray_init(monkeypatch):
+    """cluster.num_cpus sizes a local Ray; cluster.address joins an existing cluster instead (ray.init captured, as in
+    tests/test_security.py: a second real Ray beside the session one is not possible)."""
+    import ray
+
+    from cluster.driver import connect_ray
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for o in ([], ["cluster.num_cpus=3"], ["cluster.address=ray://head:10001"]):
+        connect_ray(load_config(None, o))
+    assert [c.get("num_cpus") for c in calls[:2]] == [None, 3] and "address" not in calls[1]
+    assert calls[2]["address"] == "ray://head:10001" and "num_cpus" not in calls[2]
