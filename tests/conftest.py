@@ -1,6 +1,7 @@
 """Shared fixtures: one real local Ray per test session, environment defaults for CPU runs."""
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,11 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# DeepSpeed JIT-builds its CPU shm-comm op into TORCH_EXTENSIONS_DIR; the build flags hold the venv's path, so two
+# checkouts sharing the default folder rebuild it for each other (minutes under load: learner setups then ran
+# past cluster.get_timeout_s). One folder per interpreter prefix builds it once per checkout.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions" / (
+    "medgrpo-" + hashlib.sha1(sys.prefix.encode()).hexdigest()[:10])))
 SHARED = REPO.parent / "shared"
 
 
