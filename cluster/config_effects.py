@@ -27,7 +27,8 @@ EFFECTS: dict[str, str] = {
     "resume": _T + "test_run_dir.py::test_resume_auto_continues_the_recorded_run_and_starts_one_in_an_empty_folder",
     "overwrite": _T + "test_run_dir.py::test_overwrite_starts_clean_and_leaves_other_files",
     # data
-    "data.eval_files": _T + "test_train_eval.py::test_eval_fills_llm_and_similarity_columns_with_the_runs_judge",
+    "data.train_files": _FX + "test_driver_data_keys_shape_what_is_trained_and_evaluated",
+    "data.eval_files": _FX + "test_driver_data_keys_shape_what_is_trained_and_evaluated",
     "data.data_roots": _T + "test_reader.py::test_path_confinement",
     "data.task_weights": _T + "test_sampler.py::test_bucket_probabilities_follow_the_rule",
     "data.source_weights": _T + "test_sampler.py::test_zero_weight_excludes_and_family_keys",
@@ -37,7 +38,7 @@ EFFECTS: dict[str, str] = {
     "data.min_pixels": _T + "test_video.py::test_pixel_budget",
     "data.video_backend": _T + "test_video.py::test_auto_falls_back_to_pyav",
     "data.knowledge_file": _T + "test_reward_switches.py::test_recitation_penalty_fires_with_the_synthetic_knowledge_file",
-    "data.eval_max_samples": _T + "test_learning_study.py::test_quick_study_runs_a_group_end_to_end",
+    "data.eval_max_samples": _FX + "test_driver_data_keys_shape_what_is_trained_and_evaluated",
     # model
     "model.dtype": _FX + "test_model_dtype_and_top_p_reach_the_hf_rollout_backend",
     "model.path": _T + "test_rollout.py::test_grpo_learns_an_easy_reward",
@@ -144,6 +145,7 @@ EFFECTS: dict[str, str] = {
     "tracking.mlflow_uri": _T + "test_ray_job_submit.py::test_ray_job_submit_runs_training",
     "tracking.experiment": _FX + "test_tracking_experiment_names_the_mlflow_experiment",
     "tracking.run_name": _T + "test_tracking.py::test_tracker_logs_and_resumes",
+    "tracking.log_checkpoints": _FX + "test_log_checkpoints_copies_each_checkpoint_into_mlflow",
     "tracking.progress_bar": _T + "test_tracking.py::test_progress_bar_labels_the_running_stage_and_what_it_shows",
 }
 
@@ -152,12 +154,10 @@ OWED: dict[str, str] = {
     "stages[].prompts_per_step": "cluster/driver.py: prompts drawn per step of that stage",
     "data.prompts_per_step": "cluster/driver.py: prompts drawn per step (stages without their own)",
     "rollout.group_size": "cluster/actor_set.py: completions generated per prompt (n)",
-    "data.train_files": "cluster/driver.py: the training instances",
     "rollout.max_refill_rounds": "cluster/driver.py: dynamic-sampling refill loop bound",
     "rollout.gpu_memory_utilization": "actors/rollout_backends.py: vLLM engine kwarg (GPU lane only)",
     "rollout.tensor_parallel_size": "actors/rollout_backends.py: vLLM engine kwarg (GPU lane only)",
     "reward.judge.gpu_memory_utilization": "rewards/judge_backends.py: the vllm judge's engine kwarg (GPU only)",
     "cluster.max_actor_restarts": "cluster/actor_set.py: max_restarts of every light actor",
     "tracking.rollout_samples_per_step": "cluster/driver.py: rollout samples logged per step",
-    "tracking.log_checkpoints": "cluster/driver.py: copy checkpoints into MLflow artifacts",
 }

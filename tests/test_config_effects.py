@@ -24,10 +24,10 @@ REPO = Path(__file__).resolve().parent.parent
 # The keys whose effect test was still owed when the table was made; OWED may only lose keys (a new key needs its
 # effect test in EFFECTS).
 OWED_AT_START = frozenset({
-    "stages[].prompts_per_step", "data.prompts_per_step", "rollout.group_size", "data.train_files",
+    "stages[].prompts_per_step", "data.prompts_per_step", "rollout.group_size",
     "rollout.max_refill_rounds", "rollout.gpu_memory_utilization", "rollout.tensor_parallel_size",
     "reward.judge.gpu_memory_utilization", "cluster.max_actor_restarts",
-    "tracking.rollout_samples_per_step", "tracking.log_checkpoints",
+    "tracking.rollout_samples_per_step",
 })
 
 
@@ -309,3 +309,46 @@ def test_cluster_keys_reach_ray_init(monkeypatch):
         connect_ray(load_config(None, o))
     assert [c.get("num_cpus") for c in calls[:2]] == [None, 3] and "address" not in calls[1]
     assert calls[2]["address"] == "ray://head:10001" and "num_cpus" not in calls[2]
+
+
+def _trainer(*overrides: str):
+    """A driver ``Trainer`` without Ray or actors: only its config, for the methods under test."""
+    from cluster.driver import Trainer
+
+    t = Trainer.__new__(Trainer)
+    t.cfg = load_config(None, list(overrides))
+    return t
+
+
+def test_driver_data_keys_shape_what_is_trained_and_evaluated(synth_dir):
+    """data.train_files, eval_files, eval_max_samples and tasks as the driver loads them (Trainer._load_data)."""
+    train, images, evals = synth_dir / "train.jsonl", synth_dir / "images_train.jsonl", synth_dir / "eval.jsonl"
+
+    def load(*o: str):
+        t = _trainer(f"data.train_files=[{train}]", f"data.eval_files=[{evals}]", "data.eval_max_samples=1000", *o)
+        t._load_data()
+        return t
+
+    base = load()
+    assert {i.qa_type for i in base.train_instances} and len(base.eval_instances) > 2
+    both = load(f"data.train_files=[{train},{images}]")
+    assert len(both.train_instances) > len(base.train_instances)
+    assert len(load("data.eval_max_samples=2").eval_instances) == 2
+    assert load("data.eval_files=[]").eval_instances == []
+    tal = load("data.tasks=[tal]")
+    assert {i.qa_type for i in tal.eval_instances} == {"tal"}
+    assert {i.qa_type for i in tal.sampler.next_batch(8)} == {"tal"}
+
+
+def test_log_checkpoints_copies_each_checkpoint_into_mlflow(tmp_path):
+    logged: list[str] = []
+    tracker = type("T", (), {"set_tag": lambda self, k, v: None,
+                             "log_artifact": lambda self, p, a=None: logged.append(str(a)) or True})()
+    ckpt = tmp_path / "checkpoints" / "ckpt-00000002"
+    ckpt.mkdir(parents=True)
+    for flag in ("false", "true"):
+        t = _trainer(f"tracking.log_checkpoints={flag}")
+        t.run_dir, t.tracker = tmp_path, tracker
+        logged.clear()
+        t._log_checkpoint(ckpt)
+        assert ("checkpoints/ckpt-00000002" in logged) == (flag == "true")
