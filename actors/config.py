@@ -15,7 +15,8 @@ class RolloutConfig:
     max_new_tokens: int = bounded(64, 1)
     temperature: float = bounded(1.0, 0.0)
     top_p: float = bounded(1.0, 0.0, 1.0)
-    # Asynchronous rollout: generate step t+1 while the learner trains step t; 0 = synchronous.
+    # Asynchronous rollout: with N > 0 the rollouts of steps t+1 … t+N generate while the learner trains step t
+    # (never past a stage's end), so a sample's policy lags the learner by at most N updates; 0 = synchronous.
     max_staleness: int = bounded(0, 0, 4)
     dynamic_sampling: bool = True
     max_refill_rounds: int = bounded(2, 0)

@@ -4,6 +4,7 @@ backend batches all prompts of a call into one ``generate``), and keeps its weig
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any, Optional
 
 import ray
@@ -40,6 +41,9 @@ class RolloutWorker:
         self.batch_prompts = batch_prompts
         self.max_batch_prompts = max_batch_prompts
         self.version = 0
+        # what the engine was asked to do, in order: ("generate", version), ("sleep", level), ("wake_up", tags),
+        # ("load", version); the last 1000 (the driver's sleep/wake order is checked from here)
+        self._events: deque = deque(maxlen=1000)
         # the checksum covers the received buffers (before any cast to this copy's dtype): always verified
         self.receiver = WeightReceiver(version=-1, strict=True, verify=True, allow_same_version=True)
 
@@ -88,6 +92,7 @@ class RolloutWorker:
         is a ``RolloutFailure`` with reason ``engine:<what>``.
         """
         batched = self.batch_prompts if batched is None else batched
+        self._events.append(("generate", self.version))
         out: list[PromptGroup | RolloutFailure | None] = [None] * len(instances)
         encoded: list[tuple[int, dict[str, Any], dict[str, Any], float]] = []
         for i, inst in enumerate(instances):
@@ -138,6 +143,7 @@ class RolloutWorker:
         """Load a versioned weight payload (object-store path) through the engine's ``apply_payload``: the version
         must move forward and every name/shape match (hf: checked before writing, the checksum after; vllm: the
         checksum too before vLLM sees the tensors)."""
+        self._events.append(("load", payload.version))
         self.version = self.engine.apply_payload(payload, self.receiver)
         return self.version
 
@@ -156,11 +162,19 @@ class RolloutWorker:
         """``weights_checksum`` of the rollout copy's weights (vllm: of the weights last loaded into the engine)."""
         return self.engine.checksum()
 
-    def sleep(self) -> None:
-        self.engine.sleep()
+    def sleep(self, level: int = 1) -> None:
+        """Release the engine's memory (level 1: weights to host memory, KV cache dropped) until ``wake_up``."""
+        self._events.append(("sleep", level))
+        self.engine.sleep(level)
 
-    def wake_up(self) -> None:
-        self.engine.wake_up()
+    def wake_up(self, tags: Optional[list[str]] = None) -> None:
+        """Restore ``tags`` (``weights``, ``kv_cache``; None: both) after ``sleep``."""
+        self._events.append(("wake_up", tuple(tags) if tags is not None else ("weights", "kv_cache")))
+        self.engine.wake_up(tags)
+
+    def events(self) -> list[tuple]:
+        """The engine calls so far, oldest first (see ``__init__``)."""
+        return list(self._events)
 
 
 def _media_failure(inst: Instance, e: Exception) -> RolloutFailure:

@@ -47,9 +47,11 @@ class GenerationBackend(Protocol):
     def checksum(self) -> str:
         """``weights_checksum`` of the weights the engine serves."""
 
-    def sleep(self) -> None: ...
+    def sleep(self, level: int = 1) -> None:
+        """Release the engine's memory until ``wake_up`` (level 1: weights to host memory, KV cache dropped)."""
 
-    def wake_up(self) -> None: ...
+    def wake_up(self, tags: Optional[list[str]] = None) -> None:
+        """Restore ``tags`` (``weights`` before a weight load, ``kv_cache`` after it; None: both)."""
 
 
 def _suppressed_ids(tokenizer: Any, stop_ids: set[int]) -> list[int]:
@@ -133,6 +135,7 @@ class HFBackend:
         self.stop_ids = _stop_ids(self.tokenizer)
         self.suppressed = _suppressed_ids(self.tokenizer, self.stop_ids)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.stop_ids)
+        self._host: Optional[dict[str, torch.Tensor]] = None  # the weights while asleep (``sleep``)
 
     def _gen_config(self, n: int, *, max_new_tokens: int, temperature: float, top_p: float) -> Any:
         from transformers import GenerationConfig
@@ -188,6 +191,7 @@ class HFBackend:
         """
         if not inputs_list:
             return []
+        self.check_awake("generating")
         gen_cfg = self._gen_config(n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
         batch = collate_prompts(inputs_list, self.pad_id)
         model_inputs = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
@@ -202,6 +206,7 @@ class HFBackend:
 
     def apply_payload(self, payload: WeightPayload, receiver: WeightReceiver) -> int:
         """Into the model in place: version, names and shapes checked before writing, the checksum after."""
+        self.check_awake("loading weights")
         return receiver.apply(self.model, payload)
 
     def init_weight_sync(self, master_addr: str, master_port: int, rank: int, world_size: int, backend: str,
@@ -213,13 +218,40 @@ class HFBackend:
         raise ValueError("the hf backend takes no weight broadcast (rollout.weight_path=object_store)")
 
     def checksum(self) -> str:
+        self.check_awake("a checksum")
         return weights_checksum(self.model)
 
-    def sleep(self) -> None:  # nothing to release on CPU
-        pass
+    def _tensors(self) -> list[tuple[str, torch.Tensor]]:
+        return [*self.model.named_parameters(), *self.model.named_buffers()]
 
-    def wake_up(self) -> None:
-        pass
+    def sleep(self, level: int = 1) -> None:
+        """Release the model's memory until ``wake_up``: level 1 (vLLM's) moves every parameter and buffer to
+        host memory and leaves the module holding empty tensors (on a GPU the device memory is freed and the
+        allocator's cache emptied; on CPU the storage is already host memory, so the process keeps it). There is
+        no KV cache to drop: transformers ``generate`` builds one per call. Generation is refused while asleep."""
+        if level != 1:
+            raise ValueError(f"hf backend: sleep level {level}; allowed: 1")
+        if self._host is not None:
+            return
+        self._host = {}
+        for name, t in self._tensors():
+            self._host[name] = t.data.to("cpu", copy=True) if t.device.type != "cpu" else t.data
+            t.data = torch.empty(0, dtype=t.dtype, device=t.device)
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    def wake_up(self, tags: Optional[list[str]] = None) -> None:
+        """Restore ``tags``: ``weights`` puts the parameters back on the device; ``kv_cache`` has nothing to do."""
+        if self._host is None or (tags is not None and "weights" not in tags):
+            return
+        for name, t in self._tensors():
+            t.data = self._host[name].to(self.device)
+        self._host = None
+
+    def check_awake(self, what: str) -> None:
+        """Raise unless the weights are on the module (``sleep`` took them off)."""
+        if self._host is not None:
+            raise RuntimeError(f"the hf rollout engine is asleep: wake_up(['weights']) before {what}")
 
 
 @dataclass
@@ -324,7 +356,7 @@ class VLLMBackend:
             kwargs["max_model_len"] = max_model_len
         kwargs.update(engine_kwargs or {})
         self.llm = LLM(**kwargs)
-        self._asleep = False
+        self._asleep: set[str] = set()  # what sleep released and wake_up has not restored yet
         self._checksum: Optional[str] = None  # of the weights last loaded (None: the checkpoint's, computed lazily)
 
     def generate(self, inputs: dict[str, Any], raw_media: dict[str, Any], n: int, *, max_new_tokens: int,
@@ -461,15 +493,18 @@ class VLLMBackend:
             self._checksum = weights_checksum(tensors)
         return self._checksum
 
-    def sleep(self) -> None:  # pragma: no cover - GPU
+    def sleep(self, level: int = 1) -> None:  # pragma: no cover - GPU
+        """``LLM.sleep``: level 1 offloads the weights to host memory and drops the KV cache."""
         if not self._asleep:
-            self.llm.sleep(level=1)
-            self._asleep = True
+            self.llm.sleep(level=level)
+            self._asleep = {"weights", "kv_cache"}
 
-    def wake_up(self) -> None:  # pragma: no cover - GPU
-        if self._asleep:
-            self.llm.wake_up()
-            self._asleep = False
+    def wake_up(self, tags: Optional[list[str]] = None) -> None:  # pragma: no cover - GPU
+        """``LLM.wake_up(tags)``: ``weights`` before a weight load, ``kv_cache`` after it (None: both)."""
+        todo = self._asleep & set(tags if tags is not None else ("weights", "kv_cache"))
+        if todo:
+            self.llm.wake_up(tags=sorted(todo))
+            self._asleep -= todo
 
 
 def _prompt_mismatch(engine_ids: list[int], learner_ids: list[int]) -> str:

@@ -276,6 +276,15 @@ class ActorSet:
         self.version = handle.version
         return handle.version
 
+    def sleep_rollouts(self) -> None:
+        """Colocated: every rollout engine releases its memory (vLLM ``sleep(level=1)``: weights to host memory,
+        KV cache dropped) so the learner can train on the same device."""
+        ray.get([a.sleep.remote(level=1) for a in self.rollouts], timeout=self.timeout)
+
+    def wake_rollouts(self, tags: list[str]) -> None:
+        """Colocated: restore the engines' ``tags`` (``weights`` before a weight load, ``kv_cache`` after it)."""
+        ray.get([a.wake_up.remote(tags) for a in self.rollouts], timeout=self.timeout)
+
     def _broadcast_weights(self, timeout: float) -> int:
         """``rollout.weight_path=nccl``: learner rank 0 broadcasts to every engine's worker extension (the group is
         joined on the first push). A rollout actor restarted by Ray is outside the group (``_revive`` gives it the

@@ -143,6 +143,9 @@ def _check_pairs(cfg: TrainConfig) -> None:
     if cfg.cluster.colocate and not cfg.rollout.enable_sleep_mode:
         raise ConfigError("cluster.colocate=true needs rollout.enable_sleep_mode=true: colocated rollout engines "
                           "must sleep while the learner trains on the same GPU")
+    if cfg.cluster.colocate and cfg.rollout.max_staleness > 0:
+        raise ConfigError(f"cluster.colocate=true needs rollout.max_staleness=0 (it is {cfg.rollout.max_staleness}): "
+                          "colocated rollout engines sleep while the learner trains, so no rollouts can run ahead")
     if r.semantic_alignment_weight > 0 and r.judge.backend == "none":
         raise ConfigError(f"reward.semantic_alignment_weight={r.semantic_alignment_weight} needs a judge: set "
                           "reward.judge.backend (openai, hf or vllm)")

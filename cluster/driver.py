@@ -1,16 +1,19 @@
 """The driver: owns the training loop of DESIGN.md and every stateful actor's checkpoint.
 
 sample prompts → rollouts (G per prompt) → rewards → normalizer → advantages (dynamic sampling refills groups
-with no signal) → learner step → weight push; synchronous, or asynchronous with bounded staleness (rollouts of
-step t+1 run while the learner trains step t). Stages (SFT, GRPO, stage curricula) run in order in one job.
+with no signal) → learner step → weight push; synchronous, or asynchronous with bounded staleness (with
+``rollout.max_staleness`` = N, the rollouts of steps t+1 … t+N are in flight while the learner trains step t, so a
+sample's policy lags the learner by at most N updates). Stages (SFT, GRPO) run in order in one job; the rollout
+actors get the learner's weights before anything generates after SFT steps (GRPO, eval). Colocated
+(``cluster.colocate``), the rollout engines sleep while the learner trains and wake (weights, load, KV cache)
+before they generate.
 """
 from __future__ import annotations
 
 import logging
 import os
 import random
-import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -23,6 +26,7 @@ from cluster.config import TrainConfig, load_config, to_flat_dict, to_yaml
 from cluster.run_dir import claim
 from cluster.tracking import Progress, Tracker, progress_fields, resolve_tracking_uri, write_jsonl
 from common.files import read_json, write_json
+from common.timing import PhaseTimer
 from data.schema import Instance
 from learner.deepspeed_learner import LearnerError
 from learner.experience import PromptGroup
@@ -57,6 +61,20 @@ class StepAccounting:
              "accounting/prompts_dropped": sum(self.dropped.values())}
         m.update({f"accounting/dropped/{k}": v for k, v in self.dropped.items()})
         return m
+
+
+@dataclass
+class _GrpoStep:
+    """What one GRPO step gathers across its phases (and dynamic-sampling rounds)."""
+
+    acct: StepAccounting
+    tau: Optional[float]
+    kept: list[PromptGroup] = field(default_factory=list)
+    kept_rewards: list[list[float]] = field(default_factory=list)
+    samples_log: list[dict] = field(default_factory=list)
+    all_samples: list[SampleReward] = field(default_factory=list)
+    group_iou: list[tuple[float, float]] = field(default_factory=list)  # grounding groups: (mean reward, mean IoU)
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def connect_ray(cfg: TrainConfig) -> Any:
@@ -98,8 +116,11 @@ class Trainer:
         self.global_step = 0
         self.stage_index = 0
         self.stage_step = 0
-        self.weight_version = 0
-        self._resume_pending: list[Instance] = []
+        self.weight_version = 0  # the learner's policy version (through SFT too)
+        self._pushed: list[int] = [0]  # the last distinct versions pushed to the rollout actors (policy lag)
+        self._inflight: deque = deque()  # PendingRollouts of the next steps of the stage, oldest first
+        self._asleep = False  # colocated rollout engines released their memory for the learner
+        self._resume_pending: list[list[Instance]] = []
         self._judge_wait_seen = 0.0  # cumulative reward_worker/judge_wait_s at the last step
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.keep_checkpoints, run_id=self.run_id)
         self._load_data()
@@ -204,16 +225,17 @@ class Trainer:
             return self.ckpt.latest_valid()
         return Path(self.cfg.resume)
 
-    def save_checkpoint(self, pending: Any = None) -> Path:
-        """``pending``: an async look-ahead in flight; its prompts are saved so a resumed run generates them again
-        (the sampler has already moved past them) — with the restored weights, so that one step is on-policy."""
+    def save_checkpoint(self) -> Path:
+        """The driver's state and every stateful actor's. The prompts of every rollout batch in flight are saved
+        (``pending_prompts``: one list per batch, oldest first) so a resumed run generates them again (the sampler
+        has already moved past them) — with the restored weights, so those steps are on-policy."""
         tmp = self.ckpt.begin(self.global_step)
         self.actors.save_state(tmp)
         write_json(tmp / "driver_state.json", {
             "global_step": self.global_step, "stage_index": self.stage_index, "stage_step": self.stage_step,
             "weight_version": self.weight_version, "sampler": self.sampler.state_dict(),
             "run_id": self.run_id, "mlflow_run_id": self.tracker.run_id,
-            "pending_prompts": [p.uid for p in pending.prompts] if pending is not None else [],
+            "pending_prompts": [[p.uid for p in pending.prompts] for pending in self._inflight],
             "rng": {"python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
                     "numpy": np.random.get_state()[1].tolist(), "numpy_pos": int(np.random.get_state()[2]),
                     "torch": torch.get_rng_state().tolist()},
@@ -236,13 +258,17 @@ class Trainer:
         self.stage_index = state["stage_index"]
         self.stage_step = state["stage_step"]
         self.weight_version = state["weight_version"]
-        self._resume_pending = [self.by_id[u] for u in state.get("pending_prompts", [])]
+        batches = state.get("pending_prompts", [])
+        if batches and isinstance(batches[0], str):  # a checkpoint of the one-batch look-ahead: one batch
+            batches = [batches]
+        self._resume_pending = [[self.by_id[u] for u in uids] for uids in batches]
         self.sampler.load_state_dict(state["sampler"])
         rng = state["rng"]
         random.setstate((3, tuple(rng["python"]), rng["python_pos"]))
         np.random.set_state(("MT19937", np.array(rng["numpy"], dtype=np.uint32), rng["numpy_pos"], 0, 0.0))
         torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
-        self.actors.load_state(path, self.weight_version)
+        self.actors.load_state(path, self.weight_version)  # pushes the restored weights to the rollout actors
+        self._pushed = [self.weight_version]
         log.info("resumed from %s at step %d", path, self.global_step)
 
     # -- the loop ------------------------------------------------------------------------------------------
@@ -256,25 +282,23 @@ class Trainer:
                 self.sampler.set_tasks(stage.tasks or self.cfg.data.tasks or None)
                 lr = stage.lr if stage.lr is not None else self.cfg.learner.lr
                 self.actors.set_lr(lr)
-                pending = None
-                if self._resume_pending:  # the look-ahead prompts a checkpoint recorded
-                    pending = self.actors.submit_rollouts(self._resume_pending,
-                                                          seed=self._rollout_seed(self.global_step))
-                    self._resume_pending = []
+                for prompts in self._resume_pending:  # the rollout batches in flight a checkpoint recorded
+                    self._submit_ahead(prompts)
+                self._resume_pending = []
                 while self.stage_step < stage.steps:
-                    t0 = time.perf_counter()
+                    timer = PhaseTimer()
                     batch = stage.prompts_per_step or self.cfg.data.prompts_per_step
-                    if stage.kind == "sft":
-                        metrics = self.sft_step(batch)
-                    else:
-                        lookahead = self.stage_step + 1 < stage.steps  # never past the stage's end
-                        metrics, pending = self.grpo_step(pending, batch, lookahead)
+                    with timer.phase("step"):
+                        if stage.kind == "sft":
+                            metrics = self.sft_step(batch)
+                        else:  # never look ahead past the stage's end
+                            ahead = min(self.cfg.rollout.max_staleness, stage.steps - self.stage_step - 1)
+                            metrics = self.grpo_step(batch, ahead, timer)
                     self.global_step += 1
                     self.stage_step += 1
-                    metrics["time/step_s"] = time.perf_counter() - t0
+                    metrics["time/step_s"] = timer.seconds["step"]
                     # the driver's own cost: the step's wall time not spent waiting on a phase's actors
-                    metrics["time/overhead_s"] = metrics["time/step_s"] - sum(
-                        metrics.get(f"time/{k}_s", 0.0) for k in WAITED_PHASES)
+                    metrics["time/overhead_s"] = metrics["time/step_s"] - timer.total(WAITED_PHASES)
                     metrics["stage/index"] = self.stage_index
                     self.tracker.log_metrics(metrics, step=self.global_step)
                     progress.update(stage.name, **progress_fields(stage.kind, metrics))
@@ -282,9 +306,12 @@ class Trainer:
                     if self.cfg.eval_every and self.global_step % self.cfg.eval_every == 0:
                         self.tracker.log_metrics(self.evaluate(prefix="eval/"), step=self.global_step)
                     if self.cfg.checkpoint_every and self.global_step % self.cfg.checkpoint_every == 0:
-                        self.save_checkpoint(pending)
+                        self.save_checkpoint()
+                if self._inflight:
+                    raise RuntimeError(f"stage {stage.name}: {len(self._inflight)} rollout batches in flight past "
+                                       "its end")
                 if stage.kind == "sft":  # the rollout actors (GRPO, eval) start from the SFT weights
-                    self.weight_version = self.actors.push_weights(timeout=self.timeout)
+                    self._ready_to_generate()
                 self.stage_index += 1
                 self.stage_step = 0
             self.tracker.finish()
@@ -312,7 +339,9 @@ class Trainer:
             acct.drop(f.reason)
         metrics: dict[str, float] = {}
         if examples:
+            self._sleep_rollouts()
             metrics = self.actors.learner.sft_step(examples)
+            self.weight_version = int(metrics.get("version", self.weight_version))
             metrics = {"loss/sft" if k == "loss" else f"sft/{k}": v for k, v in metrics.items()}
             if metrics.get("sft/skipped_nonfinite"):
                 acct.drop("nonfinite_loss", len(examples))
@@ -331,144 +360,194 @@ class Trainer:
         """Sampling seed of the rollouts consumed at ``step`` (the same whether generated ahead or not)."""
         return self.cfg.seed * 1_000_003 + step * 1009
 
-    def grpo_step(self, pending: Any, target: int, lookahead: bool = False) -> tuple[dict[str, float], Any]:
-        cfg = self.cfg
-        acct = StepAccounting()
-        timings: Counter = Counter()
-        tau = self.actors.tau()
-        kept: list[PromptGroup] = []
-        kept_rewards: list[list[float]] = []
-        samples_log: list[dict] = []
-        metrics: dict[str, float] = {}
-        seed_base = self._rollout_seed(self.global_step)
+    def _submit_ahead(self, prompts: list[Instance]) -> None:
+        """Queue a rollout batch for the step after the last one in flight (seeded for the step that consumes it)."""
+        step = self.global_step + len(self._inflight)
+        self._inflight.append(self.actors.submit_rollouts(prompts, seed=self._rollout_seed(step)))
 
-        t = time.perf_counter()
-        if pending is None:
-            prompts = self._sample_prompts(target)
-            pending = self.actors.submit_rollouts(prompts, seed=seed_base)
-        prompts, groups, failures = self.actors.collect_rollouts(pending, timeout=self.timeout)
-        timings["generate"] += time.perf_counter() - t
-        acct.prompts_in += len(prompts)
-        for f in failures:
-            acct.drop(f.reason)
-
-        next_pending = None
-        if cfg.rollout.max_staleness > 0 and lookahead:  # async: the next step's rollouts run while this step trains
-            next_pending = self.actors.submit_rollouts(self._sample_prompts(target),
-                                                       seed=self._rollout_seed(self.global_step + 1))
+    def grpo_step(self, target: int, ahead: int, timer: PhaseTimer) -> dict[str, float]:
+        """One GRPO step in named phases: generate → (look ahead) → score-and-normalize → select groups (dynamic
+        sampling refills) → train → push → metrics. ``ahead``: how many later steps of this stage may have their
+        rollouts in flight while this one trains (``rollout.max_staleness``, cut at the stage's end)."""
+        st = _GrpoStep(acct=StepAccounting(), tau=self.actors.tau())
+        groups = self._generate(st, target, timer)
+        while len(self._inflight) < ahead:  # async: later steps' rollouts generate while this step trains
+            self._submit_ahead(self._sample_prompts(target))
         rounds = 0
-        all_samples: list[SampleReward] = []
-        group_iou: list[tuple[float, float]] = []
         while True:
-            t = time.perf_counter()
-            scored_or_lost = self.actors.score(groups, self.by_id, tau, timeout=self.timeout)
-            timings["reward"] += time.perf_counter() - t
-            for g, sc in zip(groups, scored_or_lost):
-                if sc is None:  # its samples were lost to reward-worker faults (counted by the pool)
-                    acct.drop("reward_worker_lost")
-            groups = [g for g, sc in zip(groups, scored_or_lost) if sc is not None]
-            scored = [sc for sc in scored_or_lost if sc is not None]
-            timings["decode"] += sum(g.extra.get("decode_s", 0.0) for g in groups)
-            t = time.perf_counter()
-            flat = [s for g in scored for s in g]
-            keys, values, where = normalization_requests(flat)
-            normalized, norm_metrics = self.actors.normalize(keys, values, timeout=self.timeout,
-                                                             call_id=f"{self.global_step}:{rounds}")
-            timings["normalize"] += time.perf_counter() - t
-            comb = combine(flat, list(normalized), where, judge_weight=cfg.reward.caption_judge_weight,
-                           fallback=cfg.reward.caption_fallback, task_weights=cfg.reward.task_weights,
-                           dvc_caption_weight=cfg.reward.dvc_caption_weight)
-            metrics.update({f"normalizer/{k}": v for k, v in norm_metrics.items()})
-            for k, v in comb.counters.items():
-                metrics[f"reward/count/{k}"] = metrics.get(f"reward/count/{k}", 0) + v
-            all_samples += flat
-            pos = 0
-            rewards_by_group = []
-            for g, sc in zip(groups, scored):
-                rewards_by_group.append(comb.rewards[pos: pos + len(sc)])
-                pos += len(sc)
-                ious = [s.iou for s in sc if s.iou is not None]
-                if (spec := spec_of(g.qa_type)) is not None and spec.grounding and ious:
-                    group_iou.append((float(np.mean([s.components.get("task") or 0.0 for s in sc])),
-                                      float(np.mean(ious))))
-            for g, sc, r in zip(groups, scored, rewards_by_group):
-                if any(not np.isfinite(x) for x in r):
-                    acct.drop("nan_reward")
-                    continue
-                if cfg.rollout.dynamic_sampling and not filter_zero_variance(torch.tensor([r]))[0]:
-                    acct.drop("zero_variance")
-                    continue
-                kept.append(g)
-                kept_rewards.append(r)
-                if len(samples_log) < cfg.tracking.rollout_samples_per_step:
-                    inst = self.by_id.get(g.instance_id)
-                    samples_log.append({"step": self.global_step + 1, "id": g.instance_id, "qa_type": g.qa_type,
-                                        "question": inst.question if inst else "", "answer": g.completions[0].text,
-                                        "reference": inst.answer if inst else None, "reward": r[0]})
-            missing = target - len(kept)
-            if missing <= 0 or not cfg.rollout.dynamic_sampling or rounds >= cfg.rollout.max_refill_rounds:
+            groups, scored, rewards = self._score_and_normalize(st, groups, rounds, timer)
+            self._select_groups(st, groups, scored, rewards)
+            missing = target - len(st.kept)
+            if missing <= 0 or not self.cfg.rollout.dynamic_sampling or rounds >= self.cfg.rollout.max_refill_rounds:
                 break
             rounds += 1  # dynamic sampling: refill the batch with fresh prompts
-            t = time.perf_counter()
-            refill = self._sample_prompts(missing)
-            p2, groups, f2 = self.actors.collect_rollouts(
-                self.actors.submit_rollouts(refill, seed=seed_base + 7919 * rounds), timeout=self.timeout)
-            timings["generate"] += time.perf_counter() - t
-            acct.prompts_in += len(p2)
-            for f in f2:
-                acct.drop(f.reason)
-
-        metrics.update(self._reward_metrics(all_samples))
-        metrics.update(self.actors.reward_metrics())
+            groups = self._refill(st, missing, rounds, timer)
+        st.metrics.update(self._reward_metrics(st.all_samples))
+        st.metrics.update(self.actors.reward_metrics())
         # MedLoc-R1: the curriculum sees this step's grounding groups (mean reward, mean IoU)
-        if group_iou:
-            metrics.update(self.actors.observe_curriculum([a for a, _ in group_iou], [b for _, b in group_iou],
-                                                          call_id=str(self.global_step)))
+        if st.group_iou:
+            st.metrics.update(self.actors.observe_curriculum([a for a, _ in st.group_iou],
+                                                             [b for _, b in st.group_iou],
+                                                             call_id=str(self.global_step)))
+        lags = [self._lag(g.policy_version) for g in st.kept]  # measured against the policy about to train
+        if st.kept:
+            self._train(st, timer)
+            with timer.phase("sync"):
+                self._push()
+        st.acct.check()
+        return self._grpo_metrics(st, lags, timer)
 
-        trained_ok = False
-        if kept:
-            rewards = torch.tensor(kept_rewards, dtype=torch.float32)
-            adv = compute_advantages(rewards, cfg.learner.advantage)
-            metrics.update({"advantage/mean": float(adv.mean()), "advantage/std": float(adv.std()),
-                            "advantage/abs_max": float(adv.abs().max()),
-                            "reward/norm_mean": float(rewards.mean())})
-            t = time.perf_counter()
-            train_metrics = self.actors.learner.train_step(kept, adv.tolist())
-            timings["train"] += time.perf_counter() - t
-            trained_ok = not train_metrics.get("skipped_nonfinite", 0)
-            metrics.update({f"loss/{k}" if k == "loss" else f"train/{k}": v for k, v in train_metrics.items()})
-            if "loss" in train_metrics:
-                metrics["loss/policy"] = train_metrics["loss"]
-            if cfg.learner.kl_coef > 0:  # mean k3 KL(π_θ || π_ref) over the response tokens; β × it is in the loss
-                metrics["loss/kl"] = train_metrics.get("kl_ref", float("nan"))
-            if trained_ok:
-                acct.prompts_trained = len(kept)
-            else:
-                acct.drop("nonfinite_loss", len(kept))
-            t = time.perf_counter()
-            self.weight_version = self.actors.push_weights(timeout=self.timeout)
-            timings["sync"] += time.perf_counter() - t
-        acct.check()
-        metrics.update(acct.metrics())
+    def _generate(self, st: "_GrpoStep", target: int, timer: PhaseTimer) -> list[PromptGroup]:
+        """This step's rollouts: the oldest batch in flight, or a fresh one generated now."""
+        with timer.phase("generate"):
+            if not self._inflight:
+                self._ready_to_generate()
+                self._submit_ahead(self._sample_prompts(target))
+            prompts, groups, failures = self.actors.collect_rollouts(self._inflight.popleft(), timeout=self.timeout)
+        st.acct.prompts_in += len(prompts)
+        for f in failures:
+            st.acct.drop(f.reason)
+        return groups
+
+    def _refill(self, st: "_GrpoStep", missing: int, rounds: int, timer: PhaseTimer) -> list[PromptGroup]:
+        """Dynamic sampling: rollouts of ``missing`` fresh prompts, generated now."""
+        with timer.phase("generate"):
+            pending = self.actors.submit_rollouts(self._sample_prompts(missing),
+                                                  seed=self._rollout_seed(self.global_step) + 7919 * rounds)
+            prompts, groups, failures = self.actors.collect_rollouts(pending, timeout=self.timeout)
+        st.acct.prompts_in += len(prompts)
+        for f in failures:
+            st.acct.drop(f.reason)
+        return groups
+
+    def _score_and_normalize(self, st: "_GrpoStep", groups: list[PromptGroup], rounds: int, timer: PhaseTimer
+                             ) -> tuple[list[PromptGroup], list[list[SampleReward]], list[list[float]]]:
+        """Reward workers score every sample; the normalizer maps each (source, task) to its scale; the combined
+        reward per sample, per group. Groups lost to reward-worker faults are dropped (counted)."""
+        cfg = self.cfg
+        with timer.phase("reward"):
+            scored_or_lost = self.actors.score(groups, self.by_id, st.tau, timeout=self.timeout)
+        for sc in scored_or_lost:
+            if sc is None:  # its samples were lost to reward-worker faults (counted by the pool)
+                st.acct.drop("reward_worker_lost")
+        groups = [g for g, sc in zip(groups, scored_or_lost) if sc is not None]
+        scored = [sc for sc in scored_or_lost if sc is not None]
+        timer.add("decode", sum(g.extra.get("decode_s", 0.0) for g in groups))
+        flat = [s for g in scored for s in g]
+        keys, values, where = normalization_requests(flat)
+        with timer.phase("normalize"):
+            normalized, norm_metrics = self.actors.normalize(keys, values, timeout=self.timeout,
+                                                             call_id=f"{self.global_step}:{rounds}")
+        comb = combine(flat, list(normalized), where, judge_weight=cfg.reward.caption_judge_weight,
+                       fallback=cfg.reward.caption_fallback, task_weights=cfg.reward.task_weights,
+                       dvc_caption_weight=cfg.reward.dvc_caption_weight)
+        st.metrics.update({f"normalizer/{k}": v for k, v in norm_metrics.items()})
+        for k, v in comb.counters.items():
+            st.metrics[f"reward/count/{k}"] = st.metrics.get(f"reward/count/{k}", 0) + v
+        st.all_samples += flat
+        pos = 0
+        rewards: list[list[float]] = []
+        for g, sc in zip(groups, scored):
+            rewards.append(comb.rewards[pos: pos + len(sc)])
+            pos += len(sc)
+            ious = [s.iou for s in sc if s.iou is not None]
+            if (spec := spec_of(g.qa_type)) is not None and spec.grounding and ious:
+                st.group_iou.append((float(np.mean([s.components.get("task") or 0.0 for s in sc])),
+                                     float(np.mean(ious))))
+        return groups, scored, rewards
+
+    def _select_groups(self, st: "_GrpoStep", groups: list[PromptGroup], scored: list[list[SampleReward]],
+                       rewards: list[list[float]]) -> None:
+        """Keep the groups that can teach: finite rewards, and (dynamic sampling) not all equal."""
+        cfg = self.cfg
+        for g, r in zip(groups, rewards):
+            if any(not np.isfinite(x) for x in r):
+                st.acct.drop("nan_reward")
+                continue
+            if cfg.rollout.dynamic_sampling and not filter_zero_variance(torch.tensor([r]))[0]:
+                st.acct.drop("zero_variance")
+                continue
+            st.kept.append(g)
+            st.kept_rewards.append(r)
+            if len(st.samples_log) < cfg.tracking.rollout_samples_per_step:
+                inst = self.by_id.get(g.instance_id)
+                st.samples_log.append({"step": self.global_step + 1, "id": g.instance_id, "qa_type": g.qa_type,
+                                       "question": inst.question if inst else "", "answer": g.completions[0].text,
+                                       "reference": inst.answer if inst else None, "reward": r[0]})
+
+    def _train(self, st: "_GrpoStep", timer: PhaseTimer) -> None:
+        """Group advantages, then one learner update (PPO-clip against each sample's behaviour log-probs)."""
+        cfg = self.cfg
+        rewards = torch.tensor(st.kept_rewards, dtype=torch.float32)
+        adv = compute_advantages(rewards, cfg.learner.advantage)
+        st.metrics.update({"advantage/mean": float(adv.mean()), "advantage/std": float(adv.std()),
+                           "advantage/abs_max": float(adv.abs().max()), "reward/norm_mean": float(rewards.mean())})
+        self._sleep_rollouts()
+        with timer.phase("train"):
+            train_metrics = self.actors.learner.train_step(st.kept, adv.tolist())
+        st.metrics.update({f"loss/{k}" if k == "loss" else f"train/{k}": v for k, v in train_metrics.items()})
+        if "loss" in train_metrics:
+            st.metrics["loss/policy"] = train_metrics["loss"]
+        if cfg.learner.kl_coef > 0:  # mean k3 KL(π_θ || π_ref) over the response tokens; β × it is in the loss
+            st.metrics["loss/kl"] = train_metrics.get("kl_ref", float("nan"))
+        if not train_metrics.get("skipped_nonfinite", 0):
+            st.acct.prompts_trained = len(st.kept)
+        else:
+            st.acct.drop("nonfinite_loss", len(st.kept))
+
+    def _grpo_metrics(self, st: "_GrpoStep", lags: list[int], timer: PhaseTimer) -> dict[str, float]:
+        """The step's accounting, throughput, timings, faults and staleness; the sample log written."""
+        metrics = st.metrics
+        metrics.update(st.acct.metrics())
         metrics["policy/version"] = self.weight_version
-        metrics["curriculum/tau"] = tau if tau is not None else 0.0
-        tokens = sum(len(c.response_ids) for g in kept for c in g.completions)
-        step_time = sum(timings[k] for k in WAITED_PHASES)
+        metrics["curriculum/tau"] = st.tau if st.tau is not None else 0.0
+        tokens = sum(len(c.response_ids) for g in st.kept for c in g.completions)
         # the actors' own generation time: in async mode the driver's wait on generate is not the time it took
-        gen_s = sum(g.extra.get("generate_s", 0.0) for g in kept)
+        gen_s = sum(g.extra.get("generate_s", 0.0) for g in st.kept)
         metrics["throughput/tokens_per_s"] = tokens / max(gen_s, 1e-9)
         judge_wait = metrics.get("reward_worker/judge_wait_s", 0.0)
         # summed over reward workers; a restarted worker's counter starts again from 0
         metrics["time/judge_wait_s"] = judge_wait - (self._judge_wait_seen if judge_wait >= self._judge_wait_seen
                                                      else 0.0)
         self._judge_wait_seen = judge_wait
-        metrics["throughput/samples_per_s"] = sum(g.group_size for g in kept) / max(step_time, 1e-9)
-        metrics.update({f"time/{k}_s": v for k, v in timings.items()})  # decode: the actors' share of generate
+        metrics["throughput/samples_per_s"] = (sum(g.group_size for g in st.kept)
+                                               / max(timer.total(WAITED_PHASES), 1e-9))
+        metrics.update(timer.metrics())  # decode: the actors' share of generate
         metrics.update(self.actors.fault_metrics())
-        metrics["staleness/max"] = float(max((self.weight_version - 1 - g.policy_version for g in kept), default=0))
-        if samples_log:
-            write_jsonl(self.run_dir / "rollouts.jsonl", samples_log)
-        return metrics, next_pending
+        # policy lag of the trained samples, in learner updates (≤ rollout.max_staleness)
+        sizes = [g.group_size for g in st.kept]
+        metrics["staleness/max"] = float(max(lags, default=0))
+        metrics["staleness/mean"] = float(np.average(lags, weights=sizes)) if lags else 0.0
+        if st.samples_log:
+            write_jsonl(self.run_dir / "rollouts.jsonl", st.samples_log)
+        return metrics
+
+    # -- weights on the rollout actors ---------------------------------------------------------------------
+    def _lag(self, version: int) -> int:
+        """Learner updates between the policy that generated a sample (``version``) and the current one."""
+        return sum(1 for v in self._pushed if v > version)
+
+    def _push(self) -> None:
+        """The learner's weights to every rollout actor (colocated: wake the weights, load, wake the KV cache)."""
+        if self.cfg.cluster.colocate:
+            self.actors.wake_rollouts(["weights"])
+        self.weight_version = self.actors.push_weights(timeout=self.timeout)
+        if not self._pushed or self._pushed[-1] != self.weight_version:
+            self._pushed = (self._pushed + [self.weight_version])[-(self.cfg.rollout.max_staleness + 1):]
+        if self.cfg.cluster.colocate:
+            self.actors.wake_rollouts(["kv_cache"])
+            self._asleep = False
+
+    def _ready_to_generate(self) -> None:
+        """Before rollouts or eval: the rollout actors hold the learner's weights (after SFT steps) and are awake."""
+        if self.actors.version != self.weight_version or self._asleep:
+            self._push()
+
+    def _sleep_rollouts(self) -> None:
+        """Colocated: the rollout engines release their GPU memory while the learner trains."""
+        if self.cfg.cluster.colocate and not self._asleep:
+            self.actors.sleep_rollouts()
+            self._asleep = True
 
     def _reward_metrics(self, samples: list[SampleReward]) -> dict[str, float]:
         m: dict[str, float] = {}
@@ -496,6 +575,7 @@ class Trainer:
         judge fills the LLM columns when one is configured, the reward workers' similarity model the *_sim ones."""
         from rewards.leaderboard import evaluate
 
+        self._ready_to_generate()  # eval scores the learner's current weights (during SFT too)
         preds = self.actors.predict(self.eval_instances, max_new_tokens=self.cfg.rollout.max_new_tokens,
                                     timeout=self.timeout)
         return evaluate(self.eval_instances, preds, **self.actors.eval_scorers())

@@ -120,6 +120,8 @@ def test_half_switches_are_refused_or_implied_at_start_up():
              ("curriculum.enabled", "reward.iou_threshold_reward")),
             (["reward.iou_threshold_reward=true"], ("reward.iou_threshold_reward", "curriculum.enabled")),
             (["cluster.colocate=true"], ("cluster.colocate", "rollout.enable_sleep_mode")),
+            (["cluster.colocate=true", "rollout.enable_sleep_mode=true", "rollout.max_staleness=1"],
+             ("cluster.colocate", "rollout.max_staleness")),
             (["reward.semantic_alignment_weight=0.5"], ("reward.semantic_alignment_weight", "reward.judge.backend")),
             (["reward.recitation_coef=-0.5"], ("reward.recitation_coef", "data.knowledge_file"))):
         with pytest.raises(ConfigError) as e:
