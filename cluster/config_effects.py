@@ -21,6 +21,7 @@ EFFECTS: dict[str, str] = {
     "stages[].steps": _T + "test_train_job.py::test_sft_then_grpo_end_to_end",
     "stages[].tasks": _T + "test_sampler.py::test_set_tasks_stage_curriculum_is_deterministic_and_resumable",
     "stages[].lr": _T + "test_learner.py::test_set_lr_takes_effect",
+    "stages[].prompts_per_step": _FX + "test_prompts_per_step_and_group_size_shape_each_step",
     "checkpoint_every": _T + "test_train_job.py::test_sft_then_grpo_end_to_end",
     "keep_checkpoints": _T + "test_checkpoints.py::test_commit_keeps_last_k_and_no_temp_left",
     "eval_every": _T + "test_train_job.py::test_sft_then_grpo_end_to_end",
@@ -39,6 +40,7 @@ EFFECTS: dict[str, str] = {
     "data.video_backend": _T + "test_video.py::test_auto_falls_back_to_pyav",
     "data.knowledge_file": _T + "test_reward_switches.py::test_recitation_penalty_fires_with_the_synthetic_knowledge_file",
     "data.eval_max_samples": _FX + "test_driver_data_keys_shape_what_is_trained_and_evaluated",
+    "data.prompts_per_step": _FX + "test_prompts_per_step_and_group_size_shape_each_step",
     # model
     "model.dtype": _FX + "test_model_dtype_and_top_p_reach_the_hf_rollout_backend",
     "model.path": _T + "test_rollout.py::test_grpo_learns_an_easy_reward",
@@ -51,6 +53,8 @@ EFFECTS: dict[str, str] = {
     # rollout
     "rollout.backend": _T + "test_config.py::test_weight_path_key",
     "rollout.num_actors": _FX + "test_resource_keys_shape_the_placement_plan",
+    "rollout.group_size": _FX + "test_prompts_per_step_and_group_size_shape_each_step",
+    "rollout.max_refill_rounds": _FX + "test_max_refill_rounds_bounds_the_dynamic_sampling_refills",
     "rollout.max_new_tokens": _FX + "test_max_new_tokens_is_the_dr_grpo_normaliser",
     "rollout.temperature": _T + "test_rollout.py::test_behaviour_logprobs_match_learner",
     "rollout.top_p": _FX + "test_model_dtype_and_top_p_reach_the_hf_rollout_backend",
@@ -141,23 +145,19 @@ EFFECTS: dict[str, str] = {
     "cluster.dashboard_host": _T + "test_security.py::test_local_ray_dashboard_binds_loopback",
     "cluster.get_timeout_s": _T + "test_actor_pool.py::test_a_hung_call_times_out_and_its_actor_is_restarted",
     "cluster.rollout_retries": _T + "test_faults.py::test_rollout_share_dropped_with_reason_when_retries_are_used_up",
+    "cluster.max_actor_restarts": _FX + "test_max_actor_restarts_reaches_every_light_actors_restart_options",
     # tracking: where the run's records go
     "tracking.mlflow_uri": _T + "test_ray_job_submit.py::test_ray_job_submit_runs_training",
     "tracking.experiment": _FX + "test_tracking_experiment_names_the_mlflow_experiment",
     "tracking.run_name": _T + "test_tracking.py::test_tracker_logs_and_resumes",
     "tracking.log_checkpoints": _FX + "test_log_checkpoints_copies_each_checkpoint_into_mlflow",
     "tracking.progress_bar": _T + "test_tracking.py::test_progress_bar_labels_the_running_stage_and_what_it_shows",
+    "tracking.rollout_samples_per_step": _FX + "test_rollout_samples_per_step_bounds_the_logged_rollouts",
 }
 
 # Read (reader named) but without an effect test yet. May only shrink (tests/test_config_effects.py).
 OWED: dict[str, str] = {
-    "stages[].prompts_per_step": "cluster/driver.py: prompts drawn per step of that stage",
-    "data.prompts_per_step": "cluster/driver.py: prompts drawn per step (stages without their own)",
-    "rollout.group_size": "cluster/actor_set.py: completions generated per prompt (n)",
-    "rollout.max_refill_rounds": "cluster/driver.py: dynamic-sampling refill loop bound",
     "rollout.gpu_memory_utilization": "actors/rollout_backends.py: vLLM engine kwarg (GPU lane only)",
     "rollout.tensor_parallel_size": "actors/rollout_backends.py: vLLM engine kwarg (GPU lane only)",
     "reward.judge.gpu_memory_utilization": "rewards/judge_backends.py: the vllm judge's engine kwarg (GPU only)",
-    "cluster.max_actor_restarts": "cluster/actor_set.py: max_restarts of every light actor",
-    "tracking.rollout_samples_per_step": "cluster/driver.py: rollout samples logged per step",
 }

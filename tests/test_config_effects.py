@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from cluster.actor_set import ActorSet, restart_options
 from cluster.config import TrainConfig, load_config
 from cluster.config_effects import EFFECTS, OWED
+from common.timing import PhaseTimer
 from tests.test_learner import _fresh, tiny_dir  # noqa: F401 - the tiny model fixture
 
 REPO = Path(__file__).resolve().parent.parent
@@ -352,3 +354,145 @@ def test_log_checkpoints_copies_each_checkpoint_into_mlflow(tmp_path):
         logged.clear()
         t._log_checkpoint(ckpt)
         assert ("checkpoints/ckpt-00000002" in logged) == (flag == "true")
+
+
+def test_max_actor_restarts_reaches_every_light_actors_restart_options():
+    """ActorSet creates every light actor with ``restart_options(cluster.max_actor_restarts)``."""
+    def opts(*o: str) -> dict[str, dict[str, int]]:
+        return restart_options(load_config(None, list(o)).cluster.max_actor_restarts)
+
+    for n, retries in ((3, 1), (0, 0), (-1, -1)):  # -1: Ray restarts (and retries) without bound
+        got = opts(f"cluster.max_actor_restarts={n}")
+        assert {role: o["max_restarts"] for role, o in got.items()} == dict.fromkeys(
+            ("normalizer", "curriculum", "judge", "reward", "rollout"), n)
+        assert got["normalizer"]["max_task_retries"] == got["curriculum"]["max_task_retries"] == n
+        assert got["reward"]["max_task_retries"] == retries and got["rollout"]["max_task_retries"] == 0
+    assert opts() == opts("cluster.max_actor_restarts=3")  # the default
+
+
+class _Loop:
+    """The actors a driver ``Trainer`` calls in its loop, without Ray: rollouts of ``n`` completions per prompt
+    (``ActorSet.submit_rollouts`` itself builds the call, so ``rollout.group_size`` is the config's), rewards that
+    vary within a group or not (``varied``), an identity normalizer and a learner that records what it trains."""
+
+    version = 0
+
+    def __init__(self, cfg, varied: bool) -> None:
+        self.cfg, self.varied = cfg, varied
+        self.submitted: list[int] = []  # prompts per rollout submission
+        self.trained: list[list[int]] = []  # group sizes per learner update
+        self.sft: list[int] = []  # examples per SFT update
+        self.learner = self
+
+    submit_rollouts = ActorSet.submit_rollouts
+
+    def _submit(self, method, prompts, n, **kw):
+        from learner.experience import Completion, PromptGroup
+
+        self.submitted.append(len(prompts))
+        return prompts, [PromptGroup(p.uid, p.qa_type, p.data_source, [1], {}, [
+            Completion([2], [0.0], "a", "stop") for _ in range(n)], 0, 1.0) for p in prompts]
+
+    def collect_rollouts(self, pending, timeout):
+        return pending[0], pending[1], []
+
+    def score(self, groups, prompts, tau, timeout):
+        from rewards.assembly import TASK, SampleReward
+
+        return [[SampleReward(g.data_source, "tal", "tal", {TASK: float(i % 2) if self.varied else 0.5})
+                 for i in range(g.group_size)] for g in groups]
+
+    def normalize(self, keys, values, timeout, call_id=None):
+        return values, {}
+
+    def train_step(self, groups, adv):
+        self.trained.append([g.group_size for g in groups])
+        return {"loss": 0.0}
+
+    def sft_step(self, examples):
+        self.sft.append(len(examples))
+        return {"loss": 0.0}
+
+    def encode_sft(self, prompts, timeout):
+        return list(prompts), []
+
+    def push_weights(self, timeout):
+        return 0
+
+    def tau(self):
+        return None
+
+    def set_lr(self, lr):
+        pass
+
+    def reward_metrics(self):
+        return {}
+
+    def fault_metrics(self):
+        return {}
+
+
+def _loop_trainer(tmp_path, *overrides: str, varied: bool = True):
+    """A bare ``Trainer`` over ``_Loop`` actors, a sampler of fresh synthetic prompts and a no-op tracker."""
+    from collections import deque
+    from types import SimpleNamespace
+
+    t = _trainer("checkpoint_every=0", "eval_every=0", "tracking.progress_bar=false", "learner.kl_coef=0",
+                 *overrides)
+    t.actors = _Loop(t.cfg, varied)
+    t.by_id = {}
+
+    def next_batch(n: int):
+        out = [SimpleNamespace(uid=f"p{len(t.by_id) + i}", qa_type="tal", data_source="S", question="q", answer="a")
+               for i in range(n)]
+        t.by_id.update({p.uid: p for p in out})
+        return out
+
+    t.sampler = SimpleNamespace(next_batch=next_batch, set_tasks=lambda tasks: None)
+    t.tracker = SimpleNamespace(log_metrics=lambda m, step: None, finish=lambda *a: None)
+    t.run_dir, t.timeout = tmp_path, 1.0
+    t.global_step = t.stage_index = t.stage_step = t.weight_version = 0
+    t._pushed, t._inflight, t._asleep, t._resume_pending, t._judge_wait_seen = [0], deque(), False, [], 0.0
+    return t
+
+
+def test_prompts_per_step_and_group_size_shape_each_step(tmp_path):
+    """data.prompts_per_step is the prompts each step draws unless the stage sets its own; rollout.group_size is
+    the completions generated (and trained) per prompt (the driver's loop, Trainer.run, over Ray-less actors)."""
+    stages = "stages=[{name: s, kind: sft, steps: 1, prompts_per_step: 3}, {name: g, kind: grpo, steps: 2}]"
+    a = _loop_trainer(tmp_path, stages, "data.prompts_per_step=2", "rollout.group_size=3")
+    a.run()
+    assert a.actors.sft == [3] and a.actors.submitted == [2, 2] and a.actors.trained == [[3, 3], [3, 3]]
+    b = _loop_trainer(tmp_path, stages.replace(", prompts_per_step: 3", ""), "data.prompts_per_step=4",
+                      "rollout.group_size=5")
+    b.run()
+    assert b.actors.sft == [4] and b.actors.submitted == [4, 4] and b.actors.trained == [[5] * 4, [5] * 4]
+
+
+def test_max_refill_rounds_bounds_the_dynamic_sampling_refills(tmp_path):
+    """Groups whose rewards are all equal are dropped and refilled with fresh prompts, at most
+    rollout.max_refill_rounds times per step; every prompt drawn is accounted for."""
+    for rounds in (0, 1, 2):
+        t = _loop_trainer(tmp_path, "rollout.dynamic_sampling=true", f"rollout.max_refill_rounds={rounds}",
+                          "data.prompts_per_step=2", varied=False)
+        m = t.grpo_step(2, 0, PhaseTimer())
+        assert t.actors.submitted == [2] + [2] * rounds and t.actors.trained == []
+        assert m["accounting/prompts_in"] == 2 * (1 + rounds) == m["accounting/dropped/zero_variance"]
+    full = _loop_trainer(tmp_path, "rollout.dynamic_sampling=true", "rollout.max_refill_rounds=2", varied=True)
+    full.grpo_step(2, 0, PhaseTimer())
+    assert full.actors.submitted == [2]  # a full batch needs no refill
+
+
+def test_rollout_samples_per_step_bounds_the_logged_rollouts(tmp_path):
+    """tracking.rollout_samples_per_step: rows each GRPO step writes to rollouts.jsonl (0: the file is not
+    written)."""
+    import json
+
+    for n, rows in ((0, 0), (1, 1), (4, 3)):
+        run = tmp_path / f"n{n}"
+        run.mkdir()
+        t = _loop_trainer(run, f"tracking.rollout_samples_per_step={n}", "data.prompts_per_step=3")
+        t.grpo_step(3, 0, PhaseTimer())
+        log = run / "rollouts.jsonl"
+        got = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+        assert len(got) == rows and all(r["step"] == 1 for r in got)
