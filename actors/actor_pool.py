@@ -97,9 +97,6 @@ class ActorPool:
         self.faults = faults if faults is not None else Counter()
         self.gang = gang
 
-    def __len__(self) -> int:
-        return len(self.actors)
-
     def submit(self, actor: int, method: str, *args: Any, size: int = 1, **kwargs: Any) -> Call:
         """Start ``method(*args, **kwargs)`` on actor ``actor``."""
         ref = getattr(self.actors[actor], method).remote(*args, **kwargs)
