@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 from urllib.parse import urlparse
 
 from cluster.config import ConfigError, load_config, to_yaml
-from cluster.tracking import redact
+from cluster.tracking import redact, run_tracking_uri
 from rewards.similarity import DEFAULT_MODEL as SIMILARITY_MODEL
 
 
@@ -108,16 +108,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for m in result["missing"]:
         print(f"not drawn: {m}")
     return 0
-
-
-def run_tracking_uri(run_dir: str | Path) -> str:
-    """The MLflow store a run logged to: its saved config's ``tracking.mlflow_uri``, else the default beside it."""
-    from cluster.tracking import resolve_tracking_uri
-
-    run_dir = Path(run_dir)
-    saved = run_dir / "config.yaml"
-    configured = load_config(str(saved)).tracking.mlflow_uri if saved.exists() else None
-    return resolve_tracking_uri(configured, str(run_dir))
 
 
 def mlflow_ui_command(store_uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:

@@ -31,7 +31,7 @@ def find_run(run_dir: Union[str, Path], tracking_uri: Optional[str] = None) -> t
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     from mlflow.tracking import MlflowClient
 
-    from cluster.cli import run_tracking_uri
+    from cluster.tracking import run_tracking_uri
 
     uri = tracking_uri or run_tracking_uri(run_dir)
     client = MlflowClient(tracking_uri=uri)

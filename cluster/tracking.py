@@ -42,6 +42,16 @@ def resolve_tracking_uri(configured: Optional[str], run_dir: str) -> str:
     return Path(run_dir).resolve().parent.joinpath("mlruns").as_uri()
 
 
+def run_tracking_uri(run_dir: str | Path) -> str:
+    """The MLflow store a run logged to: its saved config's ``tracking.mlflow_uri``, else the default beside it."""
+    from cluster.config import load_config
+
+    run_dir = Path(run_dir)
+    saved = run_dir / "config.yaml"
+    configured = load_config(str(saved)).tracking.mlflow_uri if saved.exists() else None
+    return resolve_tracking_uri(configured, str(run_dir))
+
+
 class Tracker:
     """MLflow run + Ray gauges. ``run_id`` resumes an existing run (``medgrpo resume``)."""
 
