@@ -26,7 +26,6 @@ import torch  # noqa: E402
 from actors.rollout import RolloutWorker  # noqa: E402
 from cluster.actor_set import rollout_vllm_kwargs  # noqa: E402
 from cluster.config import load_config  # noqa: E402
-from data.reader import read_instances  # noqa: E402
 from learner.deepspeed_learner import DeepSpeedLearner, build_policy_batch  # noqa: E402
 from learner.experience import RolloutFailure  # noqa: E402
 from learner.weight_sync import pack_weights, weights_checksum  # noqa: E402
@@ -34,17 +33,6 @@ from learner.weight_sync import pack_weights, weights_checksum  # noqa: E402
 LOGPROB_ATOL = 1e-4  # fp32: vLLM's paged attention vs the learner's one full forward
 G = 4
 PIXELS = dict(max_frames=4, max_pixels=112 * 112, min_pixels=4 * 28 * 28)  # not the checkpoint's default budget
-
-
-@pytest.fixture(scope="module")
-def prompts(synth_dir):
-    video = read_instances(synth_dir / "train.jsonl").instances
-    images = read_instances(synth_dir / "images_train.jsonl").instances
-    vid = next(i for i in video if i.qa_type == "tal" and isinstance(i.video, str))
-    frames = next(i for i in video if i.qa_type == "stg" and isinstance(i.video, list))
-    img = next(i for i in images if i.qa_type == "vqa_mc")
-    text = dataclasses.replace(img, image=None, uid="text-only#vqa_mc")
-    return [text, img, vid, frames]
 
 
 ENGINE_KEYS = ["rollout.gpu_memory_utilization=0.4", "rollout.tensor_parallel_size=1"]  # 0.4: not the default
