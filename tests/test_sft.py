@@ -26,7 +26,8 @@ def test_sft_lowers_loss_and_teaches_the_format(synth_dir, tiny_model_dir):
     learner = DeepSpeedLearner(cfg, rank=0, world_size=1, master_port=29617)
     learner.setup()
     try:
-        losses = [learner.sft_step(build_sft_batch(examples))["loss"] for _ in range(40)]
+        # 80 steps: at 40 the format came out in only 4 of 7 runs (SFT on CPU is not bit-reproducible run to run)
+        losses = [learner.sft_step(build_sft_batch(examples))["loss"] for _ in range(80)]
         worker.apply_weights(learner.weight_payload())
     finally:
         learner.shutdown()
