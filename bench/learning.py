@@ -175,14 +175,9 @@ def prepare(seed: int = 0) -> None:
     if not _current_synth(synth, seed):
         generate(str(synth), seed=seed, **SYNTH_ARGS)
     if not (Path(cfg.model.path) / "config.json").exists():
-        from data.reader import read_instances
-        from data.tiny_model import build_tiny_model
+        from data.tiny_model import build_tiny_model, corpus_of
 
-        corpus = []
-        for f in sorted(synth.glob("*.jsonl")):
-            for inst in read_instances(f).instances:
-                corpus += [inst.question] + ([inst.answer] if inst.answer else [])
-        build_tiny_model(cfg.model.path, corpus_texts=corpus, seed=seed)
+        build_tiny_model(cfg.model.path, corpus_texts=corpus_of(sorted(synth.glob("*.jsonl"))), seed=seed)
 
 
 def run_study(groups: Sequence[str], seeds: Sequence[int], out: Path, mode: dict[str, int],

@@ -370,18 +370,14 @@ def bench_python() -> Optional[Path]:
 def build_assets(root: Path, seed: int) -> dict[str, str]:
     """Synthetic MedVidBench (its image rows are used) and the tiny Qwen2.5-VL, as ``medgrpo synth`` and
     ``medgrpo tiny-model`` build them."""
-    from data.reader import read_instances
     from data.synthetic import generate
-    from data.tiny_model import build_tiny_model
+    from data.tiny_model import build_tiny_model, corpus_of
 
     # the image rows are what both systems train on; one clip per video qa_type keeps generation short, and their
     # questions and answers still reach the tokenizer's corpus
     files = generate(root / "synth", n_per_task=1, n_images_per_task=IMAGES_PER_TASK, frames_variant=False, seed=seed)
-    corpus: list[str] = []
-    for f in sorted((root / "synth").glob("*.jsonl")):
-        for inst in read_instances(f).instances:
-            corpus += [inst.question] + ([inst.answer] if inst.answer else [])
-    model = build_tiny_model(root / "model", corpus_texts=corpus, seed=seed)
+    model = build_tiny_model(root / "model", corpus_texts=corpus_of(sorted((root / "synth").glob("*.jsonl"))),
+                             seed=seed)
     return {"train_file": str(files["images_train"]), "model": str(model)}
 
 

@@ -14,7 +14,7 @@ from actors.rollout import RolloutWorker
 from cluster.config import load_config
 from data.reader import read_instances
 from learner.deepspeed_learner import DeepSpeedLearner, build_sft_batch
-from data.tiny_model import build_tiny_model
+from data.tiny_model import build_tiny_model, corpus_of
 from rewards.leaderboard import evaluate
 from rewards.baselines import baseline_table
 
@@ -31,10 +31,7 @@ tasks = a.tasks.split(',')
 tr = [i for i in read_instances(f'{a.data}/train.jsonl').instances if i.qa_type in tasks]
 ev = [i for i in read_instances(f'{a.data}/eval.jsonl').instances if i.qa_type in tasks]
 corpus_dir = a.corpus or a.data
-corpus = []
-for f in ('train.jsonl', 'eval.jsonl'):
-    for i in read_instances(f'{corpus_dir}/{f}').instances:
-        corpus += [i.question] + ([i.answer] if i.answer else [])
+corpus = corpus_of([f'{corpus_dir}/train.jsonl', f'{corpus_dir}/eval.jsonl'])
 t0 = time.time()
 build_tiny_model(a.model, corpus_texts=corpus, seed=0, **json.loads(a.sizes))
 info = json.load(open(f'{a.model}/medgrpo_tiny.json'))

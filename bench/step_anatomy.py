@@ -119,16 +119,11 @@ def samples_per_s(steps: Sequence[Mapping[str, float]], group_size: int, time_ke
 # -- running the trainer ------------------------------------------------------------------------------------------
 def build_assets(root: Path, seed: int) -> dict[str, str]:
     """Synthetic MedVidBench + the tiny Qwen2.5-VL (tokenizer trained on its questions and answers), as the demo."""
-    from data.reader import read_instances
     from data.synthetic import generate
-    from data.tiny_model import build_tiny_model
+    from data.tiny_model import build_tiny_model, corpus_of
 
     files = generate(root / "synth", n_per_task=4, seed=seed)
-    corpus: list[str] = []
-    for f in (files["train"], files["eval"]):
-        for inst in read_instances(f).instances:
-            corpus += [inst.question] + ([inst.answer] if inst.answer else [])
-    model = build_tiny_model(root / "model", corpus_texts=corpus, seed=seed)
+    model = build_tiny_model(root / "model", corpus_texts=corpus_of((files["train"], files["eval"])), seed=seed)
     return {"train": str(files["train"]), "eval": str(files["eval"]), "model": str(model), "root": str(root)}
 
 

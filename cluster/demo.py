@@ -99,16 +99,6 @@ def synth_problem(synth_dir: Path, seed: int) -> Optional[str]:
     return None
 
 
-def _corpus(synth_dir: Path) -> list[str]:
-    from data.reader import read_instances
-
-    corpus = []
-    for f in sorted(synth_dir.glob("*.jsonl")):
-        for inst in read_instances(f).instances:
-            corpus += [inst.question] + ([inst.answer] if inst.answer else [])
-    return corpus
-
-
 def model_problem(model_dir: Path, corpus: list[str], seed: int) -> Optional[str]:
     """None when ``model_dir`` holds the tiny model built from ``corpus`` with ``seed``, else what is wrong."""
     from data.tiny_model import INFO_FILE
@@ -139,7 +129,7 @@ def model_problem(model_dir: Path, corpus: list[str], seed: int) -> Optional[str
 def prepare_inputs(cfg: TrainConfig) -> None:
     """Synthetic data and tiny model of ``cfg``: reused when they check out, (re)built when not."""
     from data.synthetic import generate
-    from data.tiny_model import build_tiny_model
+    from data.tiny_model import build_tiny_model, corpus_of
 
     synth_dir = Path(cfg.data.train_files[0]).parent
     t0 = time.perf_counter()
@@ -152,7 +142,7 @@ def prepare_inputs(cfg: TrainConfig) -> None:
         generate(str(synth_dir), seed=cfg.seed, **SYNTH_ARGS)
         print(f"[demo] synthetic MedVidBench written to {synth_dir} ({time.perf_counter() - t0:.1f} s)")
     model_dir = Path(cfg.model.path)
-    corpus = _corpus(synth_dir)
+    corpus = corpus_of(sorted(synth_dir.glob("*.jsonl")))
     problem = model_problem(model_dir, corpus, cfg.seed)
     if problem is None:
         print(f"[demo] reusing the tiny Qwen2.5-VL in {model_dir}")

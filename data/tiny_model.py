@@ -120,6 +120,17 @@ def _corpus(corpus_texts: Optional[Iterable[str]], seed: int) -> list[str]:
     return texts
 
 
+def corpus_of(files: Iterable[Union[str, os.PathLike]]) -> list[str]:
+    """The tokenizer's training texts from MedVidBench JSONL files: every row's question and answer, in file order."""
+    from data.reader import read_instances
+
+    corpus: list[str] = []
+    for f in files:
+        for inst in read_instances(f).instances:
+            corpus += [inst.question] + ([inst.answer] if inst.answer else [])
+    return corpus
+
+
 def build_tokenizer(corpus_texts: Iterable[str], vocab_size: int = 1024, model_max_length: int = 4096) -> Any:
     """A byte-level BPE ``Qwen2Tokenizer`` trained on ``corpus_texts`` with the Qwen special tokens appended."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers

@@ -56,13 +56,25 @@ def synth_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def media_prompts(synth_dir):
+    """One prompt of each input kind from the synthetic corpus: ``text``, ``image``, ``video`` (an MP4) and
+    ``frames`` (a frame list)."""
+    import dataclasses
+
+    from data.reader import read_instances
+
+    video = read_instances(synth_dir / "train.jsonl").instances
+    images = read_instances(synth_dir / "images_train.jsonl").instances
+    img = next(i for i in images if i.qa_type == "vqa_mc")
+    return {"text": dataclasses.replace(img, image=None, uid="text-only#vqa_mc"), "image": img,
+            "video": next(i for i in video if i.qa_type == "tal" and isinstance(i.video, str)),
+            "frames": next(i for i in video if i.qa_type == "stg" and isinstance(i.video, list))}
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, synth_dir):
     """The tiny Qwen2.5-VL (tokenizer trained on the synthetic corpus), saved as an HF folder."""
-    from data.reader import read_instances
-    from data.tiny_model import build_tiny_model
+    from data.tiny_model import build_tiny_model, corpus_of
 
-    corpus = []
-    for f in sorted(synth_dir.glob("*.jsonl")):
-        for inst in read_instances(f).instances:
-            corpus += [inst.question] + ([inst.answer] if inst.answer else [])
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", corpus_texts=corpus, seed=0)
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model",
+                            corpus_texts=corpus_of(sorted(synth_dir.glob("*.jsonl"))), seed=0)

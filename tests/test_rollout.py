@@ -12,20 +12,14 @@ import torch
 from actors.rollout import RolloutWorker
 from actors.rollout_backends import collate_prompts
 from cluster.config import load_config
-from data.reader import read_instances
 from learner.deepspeed_learner import DeepSpeedLearner, build_policy_batch
 
 LOGPROB_ATOL = 2e-4  # fp32 CPU: KV-cached incremental decoding vs one full forward
 
 
 @pytest.fixture(scope="module")
-def prompts(synth_dir):
-    video = read_instances(synth_dir / "train.jsonl").instances
-    images = read_instances(synth_dir / "images_train.jsonl").instances
-    vid = next(i for i in video if i.qa_type == "tal" and isinstance(i.video, str))
-    frames = next(i for i in video if i.qa_type == "stg" and isinstance(i.video, list))
-    img = next(i for i in images if i.qa_type == "vqa_mc")
-    return [vid, frames, img]
+def prompts(media_prompts):
+    return [media_prompts[k] for k in ("video", "frames", "image")]
 
 
 @pytest.fixture(scope="module")

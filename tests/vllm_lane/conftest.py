@@ -43,28 +43,13 @@ def close_engine():
 @pytest.fixture(scope="session")
 def vllm_model_dir(tmp_path_factory, synth_dir):
     """The tiny Qwen2.5-VL with text head size 32 (2 heads of 32, 1 KV head), tokenizer from the synthetic corpus."""
-    from data.reader import read_instances
-    from data.tiny_model import build_tiny_model
+    from data.tiny_model import build_tiny_model, corpus_of
 
-    corpus = []
-    for f in sorted(synth_dir.glob("*.jsonl")):
-        for inst in read_instances(f).instances:
-            corpus += [inst.question] + ([inst.answer] if inst.answer else [])
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-vllm") / "model", corpus_texts=corpus, seed=0,
-                            head_size=HEAD_SIZE)
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-vllm") / "model",
+                            corpus_texts=corpus_of(sorted(synth_dir.glob("*.jsonl"))), seed=0, head_size=HEAD_SIZE)
 
 
 @pytest.fixture(scope="session")
-def prompts(synth_dir):
+def prompts(media_prompts):
     """A text, an image, a video-file and a frame-list prompt from the synthetic corpus."""
-    import dataclasses
-
-    from data.reader import read_instances
-
-    video = read_instances(synth_dir / "train.jsonl").instances
-    images = read_instances(synth_dir / "images_train.jsonl").instances
-    vid = next(i for i in video if i.qa_type == "tal" and isinstance(i.video, str))
-    frames = next(i for i in video if i.qa_type == "stg" and isinstance(i.video, list))
-    img = next(i for i in images if i.qa_type == "vqa_mc")
-    text = dataclasses.replace(img, image=None, uid="text-only#vqa_mc")
-    return [text, img, vid, frames]
+    return [media_prompts[k] for k in ("text", "image", "video", "frames")]
