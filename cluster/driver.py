@@ -403,18 +403,18 @@ class Trainer:
             if not self._inflight:
                 self._ready_to_generate()
                 self._submit_ahead(self._sample_prompts(target))
-            prompts, groups, failures = self.actors.collect_rollouts(self._inflight.popleft(), timeout=self.timeout)
-        st.acct.prompts_in += len(prompts)
-        for f in failures:
-            st.acct.drop(f.reason)
-        return groups
+            return self._collect(st, self._inflight.popleft())
 
     def _refill(self, st: "_GrpoStep", missing: int, rounds: int, timer: PhaseTimer) -> list[PromptGroup]:
         """Dynamic sampling: rollouts of ``missing`` fresh prompts, generated now."""
         with timer.phase("generate"):
             pending = self.actors.submit_rollouts(self._sample_prompts(missing),
                                                   seed=self._rollout_seed(self.global_step) + 7919 * rounds)
-            prompts, groups, failures = self.actors.collect_rollouts(pending, timeout=self.timeout)
+            return self._collect(st, pending)
+
+    def _collect(self, st: "_GrpoStep", pending: Any) -> list[PromptGroup]:
+        """A rollout batch's groups; its prompts counted in, the ones its actors lost counted as drops."""
+        prompts, groups, failures = self.actors.collect_rollouts(pending, timeout=self.timeout)
         st.acct.prompts_in += len(prompts)
         for f in failures:
             st.acct.drop(f.reason)
