@@ -314,7 +314,7 @@ class RewardNormalizer:
         if self.mode == "off":
             out = arr.copy()
         else:
-            source, q, _ = self._resolve(name)
+            _, q, _ = self._resolve(name)
             if q is None:
                 out = arr.copy()
                 st = self._state(name)
@@ -402,7 +402,7 @@ class RewardNormalizer:
         Raises KeyError when the key passes raw scores through (too few samples and no table entry).
         """
         name = canonical_key(key)
-        source, q, _ = self._resolve(name)
+        _, q, _ = self._resolve(name)
         if q is None:
             st = self._keys.get(name)
             n = st.sketch.n if st else 0

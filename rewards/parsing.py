@@ -404,7 +404,7 @@ def _events(t: str) -> tuple[Parsed[list[Event]], str]:
         return _fail("no_events"), t
     events: list[Event] = []
     dropped = 0
-    for i, (m, seg, cap_start) in enumerate(headers):
+    for i, (_, seg, cap_start) in enumerate(headers):
         cap_end = headers[i + 1][0].start() if i + 1 < len(headers) else len(t)
         if seg is None:
             dropped += 1
@@ -774,7 +774,7 @@ def think_answer_problem(text: Any) -> Optional[str]:
             for m in itertools.islice(_TAG_RE.finditer(text), 5)]  # a fifth tag already fails
     if [(n, c) for n, c, _, _ in tags] != [("think", False), ("think", True), ("answer", False), ("answer", True)]:
         return "bad_tags"
-    (_, _, s0, _), (_, _, s1, e1), (_, _, s2, e2), (_, _, s3, e3) = tags
+    (_, _, s0, _), (_, _, _, e1), (_, _, s2, e2), (_, _, s3, e3) = tags
     if text[:s0].strip() or text[e1:s2].strip() or text[e3:].strip():
         return "text_outside_tags"
     if not text[e2:s3].strip():
