@@ -77,6 +77,22 @@ def test_a_hung_call_times_out_and_its_actor_is_restarted(ray_local):
         pool.kill()
 
 
+def test_calls_are_waited_on_together_each_from_the_start_of_the_wait(ray_local):
+    """Two hung calls with a 10 s timeout both end about 10 s after the wait starts (not 10 s each, one after the
+    other: a batch of shares is bounded by one timeout, as the driver's rollout collection relies on)."""
+    faults: Counter = Counter()
+    pool = ActorPool(_toys(ray_local, 2), "toy", RetryPolicy(max_retries=0), names=NAMES, faults=faults)
+    try:
+        calls = [pool.submit(i, "echo", "x", sleep_s=300) for i in range(2)]
+        t0 = time.monotonic()
+        out = pool.gather(calls, timeout=10)
+        elapsed = time.monotonic() - t0
+        assert [type(x) for x in out] == [Lost, Lost] and faults == Counter({"t": 2, "l": 2})
+        assert 10 <= elapsed < 19, elapsed  # one shared bound; in turn they would take >= 20 s
+    finally:
+        pool.kill()
+
+
 def test_a_rejected_result_is_retried_on_the_next_actor_after_a_backoff(ray_local):
     faults: Counter = Counter()
     names = FaultNames(timeout="t", died="d", retried="r", lost="l", retried_per_call=True)
