@@ -36,7 +36,10 @@ class _LearnerRankImpl:
             port = s.getsockname()[1]
         return ip, port
 
-    def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
+    def setup(self, rendezvous: tuple[str, int]) -> dict[str, Any]:
+        """Join the group at rank 0's ``address()`` (passed as that call's object ref: Ray resolves it before this
+        runs, so rank 0's address never makes a round trip through the driver), load the model, build the engine."""
+        master_addr, master_port = rendezvous
         self.learner = DeepSpeedLearner(self.cfg, self.rank, self.world_size, master_addr, master_port,
                                         local_rank=0, model_path=self.model_path)
         info = self.learner.setup()
@@ -105,11 +108,13 @@ class WeightsHandle:
 
 
 class LearnerGroup:
-    """N learner ranks as Ray actors. Blocks in ``__init__`` until every rank is set up (or raises)."""
+    """N learner ranks as Ray actors. Blocks in ``__init__`` until every rank is set up (or raises); with
+    ``wait=False`` it returns once the ranks and their set-up are submitted, and ``ready()`` waits (the driver starts
+    its other actors meanwhile)."""
 
     def __init__(self, cfg: Any, model_path: Optional[str] = None, *, num_ranks: Optional[int] = None,
                  timeout_s: Optional[float] = None, placement_group: Any = None,
-                 bundle_indices: Optional[Sequence[int]] = None) -> None:
+                 bundle_indices: Optional[Sequence[int]] = None, wait: bool = True) -> None:
         self.cfg = cfg
         self.world_size = int(num_ranks or cfg.learner.num_ranks)
         self.timeout = float(timeout_s if timeout_s is not None else cfg.cluster.get_timeout_s)
@@ -128,13 +133,23 @@ class LearnerGroup:
             ranks.append(LearnerRank.options(name=None, **o).remote(cfg, r, self.world_size, model_path))
         # a gang: one lost rank stops the group (the others would sit in a collective); no retries
         self.pool = ActorPool(ranks, "learner-rank", RetryPolicy(kill_hung=False), gang=True)
-        try:
-            addr, port = self._get(self.pool.submit(0, "address"), "address")
-            self.info = self._get(self.pool.submit_all("setup", addr, port), "setup")
-        except BaseException:
-            self.shutdown()
-            raise
-        self.pad_id = int(self.info[0]["pad_id"])
+        self._setup: Optional[list[Call]] = self.pool.submit_all("setup", self.pool.submit(0, "address").ref)
+        self.info: list[dict[str, Any]] = []
+        self.pad_id = 0
+        if wait:
+            self.ready()
+
+    def ready(self) -> "LearnerGroup":
+        """Wait until every rank is set up (at once if it is); on failure the ranks are stopped and it raises."""
+        if self._setup is not None:
+            try:
+                self.info = self._get(self._setup, "setup")
+            except BaseException:
+                self.shutdown()
+                raise
+            self._setup = None
+            self.pad_id = int(self.info[0]["pad_id"])
+        return self
 
     @property
     def ranks(self) -> list[Any]:

@@ -75,6 +75,13 @@ class RolloutWorker:
                         "labels": [-100] * len(prompt) + answer, "mm_inputs": mm})
         return out
 
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Token counts of ``texts`` under this model's tokenizer (the driver's answer-length check at start-up:
+        the tokenizer is loaded here already, so the driver need not import transformers for it)."""
+        from data.answer_budget import count_tokens
+
+        return count_tokens(self.processor.tokenizer, texts)
+
     # -- generation ----------------------------------------------------------------------------------------
     def generate(self, instances: list[Instance], n: int, *, max_new_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, seed: int = 0, batched: Optional[bool] = None

@@ -77,6 +77,17 @@ class ActorSet:
         restarts = restart_options(cfg.cluster.max_actor_restarts)
         # snapshots of this job's stateful actors; the token keeps them apart from any earlier job's
         self.snapshot_dir = Path(cfg.run_dir) / "actor_state" / self.prefix.rstrip("/")
+        learner_plan = self.reservation.plans.get("learner")
+
+        def start_learner() -> LearnerGroup:  # submitted, not waited on (``ready`` below)
+            return LearnerGroup(cfg, placement_group=self.reservation.placement_group("learner"),
+                                bundle_indices=[b for _, b in learner_plan.slots] if learner_plan else None,
+                                wait=False)
+
+        # The learner's start-up (imports, DeepSpeed, model load, engine) is the longest: its processes start first
+        # and load while the other actors start. Colocated, vLLM sizes its memory from what is free: the rollout
+        # engines start before the learner takes any.
+        self.learner = None if cfg.cluster.colocate else start_learner()
         n = cfg.normalizer
         self.normalizer = NormalizerActor.options(
             name=self.prefix + "normalizer", **restarts["normalizer"]).remote(
@@ -124,11 +135,10 @@ class ActorSet:
             rollouts, "rollout", RetryPolicy(max_retries=cfg.cluster.rollout_retries),
             names=FaultNames(timeout="rollout_timeout", died="rollout_actor_lost", retried="rollout_retried_prompts",
                              lost="rollout_dropped_prompts"), faults=self.faults)
-        if cfg.cluster.colocate:  # vLLM sizes its memory from what is free: start it before the learner takes any
+        if self.learner is None:
             ray.get([a.ping.remote() for a in self.rollouts], timeout=self.timeout)
-        learner_plan = self.reservation.plans.get("learner")
-        self.learner = LearnerGroup(cfg, placement_group=self.reservation.placement_group("learner"),
-                                    bundle_indices=[b for _, b in learner_plan.slots] if learner_plan else None)
+            self.learner = start_learner()
+        self.learner.ready()
         ray.get([a.ping.remote() for a in self.rollouts], timeout=self.timeout)
         self.dead: set[int] = set()  # rollout actors whose restarts are used up
         self.version = 0
@@ -201,6 +211,13 @@ class ActorSet:
         groups = [x for x in results if isinstance(x, PromptGroup)]
         failures = [x for x in results if isinstance(x, RolloutFailure)]
         return pending.prompts, groups, failures
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Token counts of ``texts`` under the policy's tokenizer, from the first live rollout actor."""
+        live = [i for i in range(len(self.rollouts)) if i not in self.dead]
+        if not live:
+            raise RuntimeError("every rollout actor is dead (cluster.max_actor_restarts used up)")
+        return ray.get(self.rollouts[live[0]].count_tokens.remote(texts), timeout=self.timeout)
 
     def predict(self, instances: list[Instance], max_new_tokens: int, timeout: float) -> dict[str, str]:
         """Greedy answers for evaluation (an instance whose rollout failed has none: scored as empty)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 RAY_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}
@@ -30,13 +31,10 @@ def quiet_worker() -> None:
 def quiet_driver() -> None:
     """The driver's share: the same filters, HF progress bars off, Ray's token notice replaced by ``start_notes``."""
     for k, v in RAY_ENV.items():
-        os.environ.setdefault(k, v)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # transformers may be imported already: its env check has run
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        pass
+        os.environ.setdefault(k, v)  # read when transformers is imported (the driver itself never needs it)
+    hf = sys.modules.get("transformers")
+    if hf is not None:  # imported already: its env check has run
+        hf.utils.logging.disable_progress_bar()
     quiet_worker()
     logging.getLogger(_TOKEN_LOGGER).setLevel(logging.ERROR)
 

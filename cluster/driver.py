@@ -10,10 +10,12 @@ before they generate.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -124,21 +126,23 @@ class Trainer:
         self._judge_wait_seen = 0.0  # cumulative reward_worker/judge_wait_s at the last step
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.keep_checkpoints, run_id=self.run_id)
         self._load_data()
-        self._start_actors()
         resume_from = self._resume_point()
-        run_id = None
-        if resume_from is not None:
-            run_id = read_json(resume_from / "driver_state.json").get("mlflow_run_id")
-        self.tracker = Tracker(resolve_tracking_uri(cfg.tracking.mlflow_uri, cfg.run_dir), cfg.tracking.experiment,
-                               run_name=cfg.tracking.run_name or self.run_dir.name, run_id=run_id)
+        # the MLflow run opens while the actors start (their processes import and load; the driver only waits)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medgrpo-tracker") as pool:
+            opening = pool.submit(self._open_tracker, resume_from)
+            try:
+                self._start_actors()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    opening.result().finish("FAILED")
+                raise
+            try:
+                self.tracker = opening.result()
+            except BaseException:
+                self.actors.shutdown()
+                raise
         if resume_from is not None:
             self._restore(resume_from)
-        else:
-            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
-            self.tracker.log_params(to_flat_dict(cfg))
-            self.tracker.log_artifact(self.run_dir / "config.yaml")
-        self.tracker.set_tag("run_dir", str(self.run_dir.resolve()))
-        self.tracker.set_tag("medgrpo_run_id", self.run_id)
         skipped = {f"data/skipped/{k}": v for k, v in self.data_skipped.items()}
         skipped.update({f"data/eval_skipped/{k}": v for k, v in self.eval_skipped.items()})
         skipped["data/train_instances"] = len(self.train_instances)
@@ -151,6 +155,20 @@ class Trainer:
             self.tracker.log_metrics(flat_metrics(self.baseline(), "baseline/"), step=self.global_step)
 
     # -- setup ---------------------------------------------------------------------------------------------
+    def _open_tracker(self, resume_from: Optional[Path]) -> Tracker:
+        """This job's MLflow run (a resumed job's own run again), with the config and tags of a fresh one."""
+        cfg = self.cfg
+        run_id = read_json(resume_from / "driver_state.json").get("mlflow_run_id") if resume_from else None
+        tracker = Tracker(resolve_tracking_uri(cfg.tracking.mlflow_uri, cfg.run_dir), cfg.tracking.experiment,
+                          run_name=cfg.tracking.run_name or self.run_dir.name, run_id=run_id)
+        if resume_from is None:
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+            tracker.log_params(to_flat_dict(cfg))
+            tracker.log_artifact(self.run_dir / "config.yaml")
+        tracker.set_tag("run_dir", str(self.run_dir.resolve()))
+        tracker.set_tag("medgrpo_run_id", self.run_id)
+        return tracker
+
     def _load_data(self) -> None:
         from data.reader import read_instances
         from data.sampler import TaskBalancedSampler
@@ -196,17 +214,12 @@ class Trainer:
 
     def _answers_over_budget(self) -> dict[str, float]:
         """Warn about tasks whose reference answers are longer than ``rollout.max_new_tokens``: the policy can never
-        write them whole. Returns the share of such answers per qa_type (``data/answers_over_budget/*``)."""
-        from data.answer_budget import answers_over_budget, tokenizer_counter
+        write them whole. Returns the share of such answers per qa_type (``data/answers_over_budget/*``). The
+        tokens are counted by a rollout actor, under the tokenizer it loaded with the model."""
+        from data.answer_budget import answers_over_budget
 
         budget = self.cfg.rollout.max_new_tokens
-        try:
-            count = tokenizer_counter(self.cfg.model.path)
-        except (OSError, ValueError) as e:  # e.g. a hub id the driver's machine has not downloaded
-            log.warning("answer lengths not checked against rollout.max_new_tokens: no tokenizer at %s (%s)",
-                        self.cfg.model.path, e)
-            return {}
-        over = answers_over_budget(self.train_instances + self.eval_instances, count, budget)
+        over = answers_over_budget(self.train_instances + self.eval_instances, self.actors.count_tokens, budget)
         for qa_type, s in over.items():
             log.warning("rollout.max_new_tokens=%d is shorter than %d of %d %s reference answers (longest %d tokens): "
                         "those answers can never be generated whole", budget, s["over"], s["n"], qa_type, s["longest"])
@@ -299,6 +312,10 @@ class Trainer:
                     metrics["time/step_s"] = timer.seconds["step"]
                     # the driver's own cost: the step's wall time not spent waiting on a phase's actors
                     metrics["time/overhead_s"] = metrics["time/step_s"] - timer.total(WAITED_PHASES)
+                    # ... and what it did itself inside those phases (batch building, Ray (de)serialization): its
+                    # thread's CPU time there; overhead + this bounds the driver's share of the step from above
+                    metrics["time/cpu/step_s"] = timer.cpu_seconds["step"]
+                    metrics["time/driver_in_phases_s"] = timer.cpu_total(WAITED_PHASES)
                     metrics["stage/index"] = self.stage_index
                     self.tracker.log_metrics(metrics, step=self.global_step)
                     progress.update(stage.name, **progress_fields(stage.kind, metrics))

@@ -4,7 +4,7 @@ share per task at start-up (a warning and ``data/answers_over_budget/<qa_type>``
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from data.schema import Instance
 
@@ -26,9 +26,7 @@ def answers_over_budget(instances: Sequence[Instance], count_tokens: Callable[[l
     return out
 
 
-def tokenizer_counter(model_path: str) -> Callable[[list[str]], list[int]]:
-    """Token counts of texts under the model's own tokenizer (no special tokens: the answer as generated)."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-    return lambda texts: [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+def count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
+    """Token counts of texts under a model's own (Hugging Face) tokenizer, no special tokens: the answer as
+    generated. The driver asks a rollout actor, which holds the tokenizer already (``RolloutWorker.count_tokens``)."""
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
