@@ -35,10 +35,12 @@ counted (``skipped_samples/<reason>``).
 from __future__ import annotations
 
 import datetime
+import importlib
 import logging
 import math
 import os
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
@@ -62,6 +64,17 @@ _ALLREDUCE_BUCKET = 64 * 1024 * 1024
 
 class LearnerError(RuntimeError):
     """A learner failure with a reason a user can act on."""
+
+
+@contextmanager
+def _replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
+    """``owner.name`` is ``value`` inside the block, and what it was again after it."""
+    old = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, old)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -399,6 +412,15 @@ class DeepSpeedLearner:
         backend = self._backend()
         if backend == "nccl":
             torch.cuda.set_device(self.local_rank)
+        if self.world_size == 1 and backend == "gloo":
+            # One CPU rank: DeepSpeed's shared-memory all-reduce op serves ranks on one host and a lone rank never
+            # all-reduces, but DeepSpeed's CPU backend JIT-loads it at every start: a ≈35 s build whenever its
+            # cache (TORCH_EXTENSIONS_DIR, keyed by the venv path) is cold or was rebuilt by another checkout.
+            ds_torch = importlib.import_module("deepspeed.comm.torch")  # the module, not torch (a name in the package)
+            with _replaced(ds_torch, "build_shm_op", lambda: None):
+                deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout,
+                                           rank=self.rank, world_size=self.world_size, verbose=False)
+            return
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout,
                                    rank=self.rank, world_size=self.world_size, verbose=False)
 
