@@ -718,6 +718,16 @@ def render_markdown(record: Mapping[str, Any]) -> str:
         for r in su:
             lines.append(f"| {names[r['system']]} | {fmt_num(r['total'])} | "
                          + " | ".join(fmt_num(r.get(p)) for p in parts) + " |")
+    cpu = t.get("startup_cpu", [])
+    if cpu:
+        procs = [k for k in cpu[0] if k not in ("system", "total")]
+        procs = [k for k in procs if any(isinstance(r.get(k), (int, float)) and math.isfinite(r[k]) and r[k] > 0
+                                         for r in cpu)]
+        lines += ["", "Start-up CPU seconds by process (user + system, launch to the first step; medians):", "",
+                  "| system | total | " + " | ".join(procs) + " |", "|---|" + "---:|" * (len(procs) + 1)]
+        for r in cpu:
+            lines.append(f"| {names[r['system']]} | {fmt_num(r['total'])} | "
+                         + " | ".join(fmt_num(r.get(p)) for p in procs) + " |")
     ph = t.get("phases", [])
     if ph:
         cols = [p for p in (*PHASES, *SUB_PHASES) if any(isinstance(r.get(f"{p}_s"), (int, float))
@@ -881,6 +891,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
               "of the trainer's constructor (medgrpo: MLflow run; TRL: GRPOTrainer, accelerate); rest = up to the "
               "first step", su_rows,
               [("system", "system", str), ("total", "total", fmt_num), *((p, p, fmt_num) for p in STARTUP_PARTS)])
+    names = sorted({k[4:-2] for r in rows if r["kind"] == su_kind for k in r if k.startswith("cpu_")})
+    cpu_rows = [{"system": r["system"], "total": r["startup_cpu_s"], **{n: r[f"cpu_{n}_s"] for n in names}}
+                for r in per_system(rows, su_kind, ["startup_cpu_s", *(f"cpu_{n}_s" for n in names)])]
+    rep.table("startup_cpu", f"start-up CPU seconds (user + system) by process, launch to the first step (medians of "
+              f"the {su_kind} runs; TRL is one process)", cpu_rows,
+              [("system", "system", str), ("total", "total", fmt_num), *((n, n, fmt_num) for n in names)])
     ph_kind = "long" if "long" in kinds else su_kind
     ph_rows = [{**r, "kind": ph_kind} for r in per_system(rows, ph_kind,
                                                           ["step_s", *(f"{p}_s" for p in (*PHASES, *SUB_PHASES))])]
