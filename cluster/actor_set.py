@@ -88,6 +88,25 @@ class ActorSet:
         # and load while the other actors start. Colocated, vLLM sizes its memory from what is free: the rollout
         # engines start before the learner takes any.
         self.learner = None if cfg.cluster.colocate else start_learner()
+        # then the rollout actors (the next longest: torch, transformers, the model), then the light actors
+        r, d, m = cfg.rollout, cfg.data, cfg.model
+        device = "cuda" if r.num_gpus > 0 else "cpu"
+        rollouts = [
+            RolloutActor.options(name=f"{self.prefix}rollout-{i}", **restarts["rollout"],
+                                 **{"num_cpus": r.num_cpus, "num_gpus": r.num_gpus,
+                                    **self.reservation.options("rollout", i)}
+                                 ).remote(
+                m.path, backend=r.backend, dtype=m.dtype, device=device, attn_implementation=m.attn_implementation,
+                max_frames=d.max_frames, max_pixels=d.max_pixels, min_pixels=d.min_pixels,
+                video_backend=d.video_backend, knowledge=knowledge, batch_prompts=r.batch_prompts,
+                max_batch_prompts=r.max_batch_prompts,
+                vllm_kwargs=rollout_vllm_kwargs(cfg))
+            for i in range(r.num_actors)]
+        # a lost share is regenerated on the actor Ray restarted (after ``_revive`` gives it the current weights)
+        self.rollout_pool = ActorPool(
+            rollouts, "rollout", RetryPolicy(max_retries=cfg.cluster.rollout_retries),
+            names=FaultNames(timeout="rollout_timeout", died="rollout_actor_lost", retried="rollout_retried_prompts",
+                             lost="rollout_dropped_prompts"), faults=self.faults)
         n = cfg.normalizer
         self.normalizer = NormalizerActor.options(
             name=self.prefix + "normalizer", **restarts["normalizer"]).remote(
@@ -117,24 +136,6 @@ class ActorSet:
                                         knowledge=knowledge, get_timeout_s=self.timeout,
                                         actor_options={"num_cpus": cfg.reward.num_cpus, **restarts["reward"],
                                                        **self.reservation.options("reward", 0)})
-        r, d, m = cfg.rollout, cfg.data, cfg.model
-        device = "cuda" if r.num_gpus > 0 else "cpu"
-        rollouts = [
-            RolloutActor.options(name=f"{self.prefix}rollout-{i}", **restarts["rollout"],
-                                 **{"num_cpus": r.num_cpus, "num_gpus": r.num_gpus,
-                                    **self.reservation.options("rollout", i)}
-                                 ).remote(
-                m.path, backend=r.backend, dtype=m.dtype, device=device, attn_implementation=m.attn_implementation,
-                max_frames=d.max_frames, max_pixels=d.max_pixels, min_pixels=d.min_pixels,
-                video_backend=d.video_backend, knowledge=knowledge, batch_prompts=r.batch_prompts,
-                max_batch_prompts=r.max_batch_prompts,
-                vllm_kwargs=rollout_vllm_kwargs(cfg))
-            for i in range(r.num_actors)]
-        # a lost share is regenerated on the actor Ray restarted (after ``_revive`` gives it the current weights)
-        self.rollout_pool = ActorPool(
-            rollouts, "rollout", RetryPolicy(max_retries=cfg.cluster.rollout_retries),
-            names=FaultNames(timeout="rollout_timeout", died="rollout_actor_lost", retried="rollout_retried_prompts",
-                             lost="rollout_dropped_prompts"), faults=self.faults)
         if self.learner is None:
             ray.get([a.ping.remote() for a in self.rollouts], timeout=self.timeout)
             self.learner = start_learner()

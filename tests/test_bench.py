@@ -212,6 +212,25 @@ def test_step_anatomy_phases_overhead_and_shares():
     assert an["decode"]["mean_s"] == pytest.approx(0.175)  # (0.25 + 0.1) / 2
 
 
+def test_phase_timer_counts_the_drivers_own_work_apart_from_waiting():
+    """time/cpu/<phase>_s: the timing thread's CPU inside a phase (work), not the time it sat waiting."""
+    import time
+
+    from common.timing import PhaseTimer
+
+    t = PhaseTimer()
+    with t.phase("train"):
+        time.sleep(0.2)  # waiting on an actor
+    with t.phase("reward"):
+        end = time.thread_time() + 0.1
+        while time.thread_time() < end:  # building a batch
+            pass
+    m = t.metrics()
+    assert m["time/train_s"] >= 0.2 and m["time/cpu/train_s"] < 0.05
+    assert m["time/cpu/reward_s"] >= 0.1 and t.cpu_total(["train", "reward"]) == pytest.approx(
+        m["time/cpu/train_s"] + m["time/cpu/reward_s"])
+
+
 def test_step_anatomy_samples_per_s():
     from bench.step_anatomy import samples_per_s
 
