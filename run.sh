@@ -38,14 +38,15 @@ case "$cmd" in
     python -m pytest -q tests --ignore=tests/vllm_lane "$@" || rc=$?
     if [ "${MEDGRPO_SKIP_VLLM_LANE:-0}" != 1 ]; then
       LANE=.venv-vllm
-      LSTAMP=$LANE/.installed-$( (cat tests/vllm_lane/install.sh tests/vllm_lane/torchvision_shim.py; echo v1) \
-        | sha256sum | cut -c1-16)
+      LSTAMP=$LANE/.installed-$( (cat tests/vllm_lane/install.sh tests/vllm_lane/lock.txt \
+        tests/vllm_lane/torchvision_shim.py; echo v1) | sha256sum | cut -c1-16)
       if [ ! -f "$LSTAMP" ]; then
         echo "[run.sh] building the vLLM lane's venv $LANE (first run: a few minutes)" >&2
         bash tests/vllm_lane/install.sh "$LANE" && rm -f "$LANE"/.installed-* && touch "$LSTAMP" \
           || { echo "[run.sh] vLLM lane install failed" >&2; exit 1; }
       fi
-      "$LANE/bin/python" -m pytest -q -p no:cacheprovider tests/vllm_lane || rc=$?
+      # both cores: the Ray modules on one xdist worker, the in-process engines on the other (tests/vllm_lane/conftest.py)
+      "$LANE/bin/python" -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup tests/vllm_lane || rc=$?
     fi
     exit $rc ;;
   medgrpo) exec medgrpo "$@" ;;

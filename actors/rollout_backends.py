@@ -325,8 +325,8 @@ class VLLMBackend:
     needs_prompt_text = True
 
     def __init__(self, model_path: str, dtype: str = "bfloat16", gpu_memory_utilization: float = 0.5,
-                 tensor_parallel_size: int = 1, enable_sleep_mode: bool = False, seed: int = 0,
-                 max_model_len: Optional[int] = None, min_pixels: Optional[int] = None,
+                 tensor_parallel_size: int = 1, enable_sleep_mode: bool = False, enforce_eager: bool = False,
+                 seed: int = 0, max_model_len: Optional[int] = None, min_pixels: Optional[int] = None,
                  max_pixels: Optional[int] = None, engine_kwargs: Optional[dict[str, Any]] = None) -> None:
         try:
             from vllm import LLM
@@ -349,7 +349,8 @@ class VLLMBackend:
         self.pixels = {} if min_pixels is None else {"min_pixels": int(min_pixels), "max_pixels": int(max_pixels)}
         kwargs: dict[str, Any] = dict(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                                       tensor_parallel_size=tensor_parallel_size, enable_sleep_mode=enable_sleep_mode,
-                                      seed=seed, limit_mm_per_prompt={"image": 1, "video": 1},
+                                      enforce_eager=enforce_eager, seed=seed,
+                                      limit_mm_per_prompt={"image": 1, "video": 1},
                                       logprobs_mode="processed_logprobs", enable_prefix_caching=True,
                                       worker_extension_cls=WORKER_EXTENSION)
         if max_model_len:

