@@ -46,7 +46,7 @@ case "$cmd" in
           || { echo "[run.sh] vLLM lane install failed" >&2; exit 1; }
       fi
       # both cores: the Ray modules on one xdist worker, the in-process engines on the other (tests/vllm_lane/conftest.py)
-      "$LANE/bin/python" -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup tests/vllm_lane || rc=$?
+      "$LANE/bin/python" -m pytest -q -p no:cacheprovider -n 2 tests/vllm_lane || rc=$?
     fi
     exit $rc ;;
   medgrpo) exec medgrpo "$@" ;;

@@ -20,21 +20,23 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
 
 HEAD_SIZE = 32  # vLLM's CPU attention takes 32, 64, 80, ...; the default tiny model's 16 is refused
-# run.sh runs the lane on both cores with pytest-xdist (``-n 2 --dist loadgroup``) in two groups, one per worker:
-# ``ray`` (the modules on a local Ray: one Ray for both) and ``engines`` (the in-process engines, one module after the
-# other: each module's engine and learner are module fixtures)
+# run.sh runs the lane on both cores (pytest-xdist, ``-n 2``) as two work units, one per worker: ``ray`` (the
+# modules on a local Ray: one Ray for both) and ``engines`` (the in-process engines, one module after the other:
+# each module's engine and learner are module fixtures)
 RAY_MODULES = {"test_vllm_actors", "test_vllm_train"}
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "xdist_group(name): the pytest-xdist worker group (--dist loadgroup)")
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's scheduler with the lane's two work units (xdist's ``--dist loadgroup`` marks do not group
+    under pytest 9.2: they rename ``item._nodeid``, which ``nodeid`` no longer reads)."""
+    from xdist.scheduler import LoadScopeScheduling
 
+    class LaneGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "ray" if Path(nodeid.split("::", 1)[0]).stem in RAY_MODULES else "engines"
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Every lane test in its xdist group, ``ray`` or ``engines`` (without xdist: a marker only)."""
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group("ray" if Path(str(item.fspath)).stem in RAY_MODULES else "engines"))
+    return LaneGroups(config, log)
 
 
 @pytest.fixture(scope="session")
