@@ -20,10 +20,10 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
 
 HEAD_SIZE = 32  # vLLM's CPU attention takes 32, 64, 80, ...; the default tiny model's 16 is refused
-# run.sh runs the lane on both cores (pytest-xdist, ``-n 2``) as two work units, one per worker: ``ray`` (the
-# modules on a local Ray: one Ray for both) and ``engines`` (the in-process engines, one module after the other:
-# each module's engine and learner are module fixtures)
-RAY_MODULES = {"test_vllm_actors", "test_vllm_train"}
+# run.sh runs the lane on both cores (pytest-xdist, ``-n 2``) as two work units, one per worker: ``ray`` (the tests
+# on a local Ray: one Ray for both) and ``engines`` (the in-process engines, one after the other: each module's
+# engine and learner are module fixtures)
+RAY_TESTS = ("test_vllm_actors.py::test_rollout_actor_", "test_vllm_train.py::")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -34,7 +34,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     class LaneGroups(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "ray" if Path(nodeid.split("::", 1)[0]).stem in RAY_MODULES else "engines"
+            return "ray" if any(t in nodeid for t in RAY_TESTS) else "engines"
 
     return LaneGroups(config, log)
 

@@ -15,6 +15,7 @@ pytest.importorskip("vllm")
 import torch  # noqa: E402
 
 from actors.rollout import RolloutWorker  # noqa: E402
+from bench.common import free_port  # noqa: E402
 from cluster.config import load_config  # noqa: E402
 from learner.deepspeed_learner import DeepSpeedLearner, build_policy_batch  # noqa: E402
 from learner.experience import RolloutFailure  # noqa: E402
@@ -39,7 +40,7 @@ def learner(request, vllm_model_dir):
     """The DeepSpeed learner in bf16 (``learner.bf16=true``) or fp32; one at a time."""
     cfg = load_config("cpu_demo", [f"model.path={vllm_model_dir}", "learner.micro_batch_size=64",
                                    f"learner.bf16={str(request.param == 'bf16').lower()}"])
-    lrn = DeepSpeedLearner(cfg, rank=0, world_size=1, master_port=29721)
+    lrn = DeepSpeedLearner(cfg, rank=0, world_size=1, master_port=free_port())  # a fixed port can be taken
     lrn.setup()
     yield request.param, lrn
     lrn.shutdown()

@@ -24,6 +24,7 @@ pytest.importorskip("vllm")
 import torch  # noqa: E402
 
 from actors.rollout import RolloutWorker  # noqa: E402
+from bench.common import free_port  # noqa: E402
 from cluster.actor_set import rollout_vllm_kwargs  # noqa: E402
 from cluster.config import load_config  # noqa: E402
 from learner.deepspeed_learner import DeepSpeedLearner, build_policy_batch  # noqa: E402
@@ -53,7 +54,7 @@ def worker(vllm_model_dir, engine_kwargs, close_engine):
 @pytest.fixture(scope="module")
 def learner(vllm_model_dir):
     cfg = load_config("cpu_demo", [f"model.path={vllm_model_dir}", "learner.lr=0.05", "learner.micro_batch_size=64"])
-    lrn = DeepSpeedLearner(cfg, rank=0, world_size=1, master_port=29711)
+    lrn = DeepSpeedLearner(cfg, rank=0, world_size=1, master_port=free_port())  # a fixed port can be taken
     lrn.setup()
     yield lrn
     lrn.shutdown()
