@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,7 +34,7 @@ RAY_TESTS = ("test_vllm_actors.py::test_rollout_actor_", "test_vllm_train.py::")
 
 
 @pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config, log):
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """pytest-xdist's scheduler with the lane's two work units (xdist's ``--dist loadgroup`` marks do not group
     under pytest 9.2: they rename ``item._nodeid``, which ``nodeid`` no longer reads)."""
     from xdist.scheduler import LoadScopeScheduling
