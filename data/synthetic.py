@@ -52,7 +52,7 @@ from common.files import atomic_write, write_text
 from data.schema import IMAGE_QA_TYPES, VIDEO_QA_TYPES, sample_id
 
 GENERATOR = "medgrpo.data.synthetic"
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 NATIVE_FPS = 4.0
 DEFAULT_SIZE = (112, 84)  # width, height
 TIME_GRID = 0.5
@@ -71,6 +71,14 @@ STRUCTURE: RGB = (240, 204, 192)
 BLOOD: RGB = (128, 6, 14)
 CLIP: RGB = (176, 176, 182)
 INCISION: RGB = (62, 12, 16)
+# Widths of the persistent cues, in pixels of the 112x84 default frame: wide enough to move the mean colour of the
+# 14-pixel patches the model sees (at 2 px the CVS structures and at 4x6 px the clip marks hardly did)
+STRUCTURE_PX = 4.0  # the CVS structures (two_structures)
+PLATE_PX = 6.0  # the exposed cystic plate band (cystic_plate)
+CLIP_MARK_PX = (6, 8)  # a clip left on the duct (the next action after clipping is cutting)
+INCISION_PX = 3.0  # the incision left by cutting (the next action after cutting is irrigating)
+BLEEDS = {"expert": 0, "intermediate": 1, "novice": 3}  # bleeding spots per skill level, what the level shows
+BLEED_RADIUS = (4.5, 6.0)
 
 
 @dataclass(frozen=True)
@@ -389,7 +397,7 @@ class Anatomy:
             x_a = self.gb_centre[0] - self.gb_radii[0]
             x_b = x_a + 2 * self.gb_radii[0] * plate / 2.0
             y = self.gb_centre[1] + self.gb_radii[1]
-            band = _segment_mask((x_a, y), (x_b, y), 3.0, W, H)
+            band = _segment_mask((x_a, y), (x_b, y), PLATE_PX, W, H)
             if band:
                 _paint(img, *band, _blend(PLATE, contrast))
         tri = cvs["hepatocystic_triangle"]
@@ -400,7 +408,7 @@ class Anatomy:
                 _paint(img, *fat, _blend(FAT, contrast))
         ends = {0: (), 1: (self.duct_end,), 2: (self.duct_end, self.artery_end)}[cvs["two_structures"]]
         for end in ends:
-            line = _segment_mask(self.neck, end, 2.0, W, H)
+            line = _segment_mask(self.neck, end, STRUCTURE_PX, W, H)
             if line:
                 _paint(img, *line, _blend(STRUCTURE, contrast))
 
@@ -570,11 +578,11 @@ class VideoSpec:
         for seg in self.segments:
             if seg.action == "clipping" and t >= seg.start + 0.6 * (seg.end - seg.start):
                 cx, cy = _half_up(seg.p1[0]), _half_up(seg.p1[1])
-                m = shape_mask("rectangle", cx, cy, 4, 6, W, H)
+                m = shape_mask("rectangle", cx, cy, *CLIP_MARK_PX, W, H)
                 if m:
                     _paint(img, *m, CLIP)
             elif seg.action == "cutting" and t >= seg.start:
-                line = _segment_mask(seg.p0, seg.path_point(t), 1.5, W, H)
+                line = _segment_mask(seg.p0, seg.path_point(t), INCISION_PX, W, H)
                 if line:
                     _paint(img, *line, INCISION)
         for t0, x, y, r in self.bleeds:
@@ -709,13 +717,13 @@ def make_video_spec(video_id: str, profile: SourceProfile, split: str, seed: int
             last[seg.instrument] = seg
         for seg in last.values():
             seg.visible_end = min(duration, seg.end + _grid(float(rng.uniform(*profile.linger_seconds))))
-    n_bleeds = {"expert": 0, "intermediate": int(rng.integers(0, 2)), "novice": int(rng.integers(1, 4))}[skill_level]
+    # the spots appear during the first step, so most sampled frames show them (the level is what they show)
     bleeds = []
-    for _ in range(n_bleeds):
-        seg = segments[int(rng.integers(0, len(segments)))]
-        t0 = float(rng.uniform(seg.start, seg.end))
-        x, y = seg.path_point(t0)
-        bleeds.append((round(t0, 3), round(x, 2), round(y, 2), float(rng.uniform(2.5, 4.0))))
+    first_seg = segments[0]
+    for _ in range(BLEEDS[skill_level]):
+        t0 = float(rng.uniform(first_seg.start, (first_seg.start + first_seg.end) / 2))
+        x, y = first_seg.path_point(t0)
+        bleeds.append((round(t0, 3), round(x, 2), round(y, 2), float(rng.uniform(*BLEED_RADIUS))))
     cvs = _cvs_scores(rng, cvs_class)
     anatomy = Anatomy.sample(rng, width, height)
     clutter = []

@@ -211,6 +211,7 @@ def test_ground_truth_agrees_with_the_manifest(synth):
             scores = {k2: int(s) for k2, s in re.findall(r"([A-Z][\w/ ]+): (\d)/5", a)}
             assert scores == v["skill"]["scores"]
             assert syn.skill_level_of(scores) == v["skill"]["level"]
+            assert v["skill"]["bleeds"] == syn.BLEEDS[v["skill"]["level"]]  # the level is what the clip shows
             if row.get("struc_info"):
                 assert row["struc_info"][0]["skill_level"] == syn.SKILL_CODES[v["skill"]["level"]]
         elif qa == "cvs_assessment":
