@@ -717,12 +717,15 @@ def make_video_spec(video_id: str, profile: SourceProfile, split: str, seed: int
             last[seg.instrument] = seg
         for seg in last.values():
             seg.visible_end = min(duration, seg.end + _grid(float(rng.uniform(*profile.linger_seconds))))
-    # the spots appear during the first step, so most sampled frames show them (the level is what they show)
+    # the spots appear during the first step near where it works, spread so that three do not merge into one, and
+    # stay: most sampled frames show them (the level is what they show)
     bleeds = []
     first_seg = segments[0]
     for _ in range(BLEEDS[skill_level]):
         t0 = float(rng.uniform(first_seg.start, (first_seg.start + first_seg.end) / 2))
         x, y = first_seg.path_point(t0)
+        x = _clamp(x + float(rng.uniform(-0.12, 0.12)) * width, 4.0, width - 4.0)
+        y = _clamp(y + float(rng.uniform(-0.12, 0.12)) * height, 4.0, height - 4.0)
         bleeds.append((round(t0, 3), round(x, 2), round(y, 2), float(rng.uniform(*BLEED_RADIUS))))
     cvs = _cvs_scores(rng, cvs_class)
     anatomy = Anatomy.sample(rng, width, height)

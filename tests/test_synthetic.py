@@ -386,3 +386,29 @@ def test_classes_are_balanced_and_the_blind_control_keeps_the_rows(tmp_path):
     assert (abs(frame - np.asarray(syn.TISSUE)) <= 3).all()  # flat (up to the codec)
     img = np.asarray(Image.open(next((tmp_path / "blind" / "images").glob("*.png"))), dtype=int)
     assert (img == np.asarray(syn.TISSUE)).all()
+
+
+def test_the_classes_show_in_the_pixels():
+    """What the skill level and the CVS criteria depend on is drawn large enough to see: on the clean profile the
+    bleeding area grows with the level (none for an expert) and each CVS criterion's colour covers more pixels the
+    higher its score (structures, the exposed plate) or the lower (fat over the triangle)."""
+    prof = syn.SOURCE_PROFILES["SynthEasy"]
+    blood: dict[str, list[int]] = {"expert": [], "intermediate": [], "novice": []}
+    cues: dict[str, dict[int, list[int]]] = {c: {0: [], 1: [], 2: []} for c in syn.CVS_CRITERIA}
+    colours = {"two_structures": syn.STRUCTURE, "cystic_plate": syn.PLATE, "hepatocystic_triangle": syn.FAT}
+    for k in range(12):
+        level = ("expert", "intermediate", "novice")[k % 3]
+        spec = syn.make_video_spec(f"v{k}", prof, "train", 5, level, next_index=2 + k % 3, cvs_class=k % 4)
+        last = spec.render()[-1].astype(int)
+        blood[level].append(int((last == np.asarray(syn.BLOOD)).all(-1).sum()))
+        for c, colour in colours.items():
+            cues[c][spec.cvs[c]].append(int((last == np.asarray(colour)).all(-1).sum()))
+    mean = {lv: sum(v) / len(v) for lv, v in blood.items()}
+    assert max(blood["expert"]) == 0 and min(blood["intermediate"]) >= 40, blood
+    assert mean["novice"] >= 2 * mean["intermediate"], blood
+    for c, by_score in cues.items():
+        m = {s: sum(v) / len(v) for s, v in by_score.items() if v}
+        ordered = [m[s] for s in sorted(m)]
+        if c == "hepatocystic_triangle":
+            ordered = ordered[::-1]
+        assert ordered == sorted(ordered) and ordered[0] < ordered[-1] - 40, (c, m)
