@@ -232,7 +232,7 @@ def median_phases(rows: Sequence[Mapping[str, float]], kept: Sequence[int]) -> d
 def first_crossing(rewards: Sequence[float], threshold: float, window: int = LEARN_WINDOW) -> Optional[int]:
     """0-based index of the first step at which the mean reward of the last ``window`` steps (fewer at the start:
     those so far) reaches ``threshold``; None if it never does. NaN rewards count as 0."""
-    vals = [r if isinstance(r, (int, float)) and math.isfinite(r) else 0.0 for r in rewards]
+    vals = [r if _is_num(r) else 0.0 for r in rewards]
     for i in range(len(vals)):
         tail = vals[max(0, i - window + 1): i + 1]
         if i + 1 >= min(window, len(vals)) and sum(tail) / len(tail) >= threshold:
@@ -247,7 +247,7 @@ def round_ratios(rows: Sequence[Mapping[str, Any]], system: str, key: str, kind:
     positive are left out."""
     def by_round(sys_name: str) -> dict[int, float]:
         return {r["round"]: r[key] for r in rows if r["system"] == sys_name and r["kind"] == kind
-                and isinstance(r.get(key), (int, float)) and math.isfinite(r[key]) and r[key] > 0}
+                and _is_num(r.get(key)) and r[key] > 0}
 
     trl, mine = by_round("trl"), by_round(system)
     out = []
@@ -624,7 +624,7 @@ def summarize(system: str, kind: str, res: Mapping[str, Any], s: Settings) -> di
 
 
 def _mean(vals: Sequence[Any]) -> float:
-    got = [float(v) for v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
+    got = [float(v) for v in vals if _is_num(v)]
     return statistics.fmean(got) if got else math.nan
 
 
@@ -665,7 +665,7 @@ def per_system(rows: Sequence[Mapping[str, Any]], kind: str, keys: Sequence[str]
             continue
         row: dict[str, Any] = {"system": system, "runs": len(mine)}
         for k in keys:
-            vals = [r[k] for r in mine if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
+            vals = [r[k] for r in mine if _is_num(r.get(k))]
             row[k] = statistics.median(vals) if vals else math.nan
             row[f"{k}_min"] = min(vals) if vals else math.nan
             row[f"{k}_max"] = max(vals) if vals else math.nan
@@ -673,9 +673,22 @@ def per_system(rows: Sequence[Mapping[str, Any]], kind: str, keys: Sequence[str]
     return out
 
 
+def _is_num(v: Any) -> bool:
+    """A finite int or float (records hold None or NaN where a figure is missing)."""
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _total_table(title: str, rows: Sequence[Mapping[str, Any]], cols: Sequence[str],
+                 names: Mapping[str, str]) -> list[str]:
+    """Markdown lines: a table of each system's ``total`` and its parts ``cols``, under ``title``."""
+    return ["", title, "", "| system | total | " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) + 1),
+            *(f"| {names[r['system']]} | {fmt_num(r['total'])} | " + " | ".join(fmt_num(r.get(c)) for c in cols)
+              + " |" for r in rows)]
+
+
 def _md_range(row: Mapping[str, Any], key: str) -> str:
     v, lo, hi = row.get(key), row.get(f"{key}_min"), row.get(f"{key}_max")
-    if not isinstance(v, (int, float)) or not math.isfinite(v):
+    if not _is_num(v):
         return "–"
     return f"{fmt_num(v)} ({fmt_num(lo)}–{fmt_num(hi)})" if lo != hi else fmt_num(v)
 
@@ -711,27 +724,17 @@ def render_markdown(record: Mapping[str, Any]) -> str:
                          f"{fmt_num(r['reward_first'])}→{fmt_num(r['reward_last'])} |")
     su = t.get("startup", [])
     if su:
-        parts = [p for p in STARTUP_PARTS if any(isinstance(r.get(p), (int, float)) and math.isfinite(r[p])
-                                                 for r in su)]
-        lines += ["", "Start-up parts (s, medians of the short runs):", "",
-                  "| system | total | " + " | ".join(parts) + " |", "|---|" + "---:|" * (len(parts) + 1)]
-        for r in su:
-            lines.append(f"| {names[r['system']]} | {fmt_num(r['total'])} | "
-                         + " | ".join(fmt_num(r.get(p)) for p in parts) + " |")
+        parts = [p for p in STARTUP_PARTS if any(_is_num(r.get(p)) for r in su)]
+        lines += _total_table("Start-up parts (s, medians of the short runs):", su, parts, names)
     cpu = t.get("startup_cpu", [])
     if cpu:
-        procs = [k for k in cpu[0] if k not in ("system", "total")]
-        procs = [k for k in procs if any(isinstance(r.get(k), (int, float)) and math.isfinite(r[k]) and r[k] > 0
-                                         for r in cpu)]
-        lines += ["", "Start-up CPU seconds by process (user + system, launch to the first step; medians):", "",
-                  "| system | total | " + " | ".join(procs) + " |", "|---|" + "---:|" * (len(procs) + 1)]
-        for r in cpu:
-            lines.append(f"| {names[r['system']]} | {fmt_num(r['total'])} | "
-                         + " | ".join(fmt_num(r.get(p)) for p in procs) + " |")
+        procs = [k for k in cpu[0] if k not in ("system", "total")
+                 and any(_is_num(r.get(k)) and r[k] > 0 for r in cpu)]
+        lines += _total_table("Start-up CPU seconds by process (user + system, launch to the first step; medians):",
+                              cpu, procs, names)
     ph = t.get("phases", [])
     if ph:
-        cols = [p for p in (*PHASES, *SUB_PHASES) if any(isinstance(r.get(f"{p}_s"), (int, float))
-                                                       and math.isfinite(r[f"{p}_s"]) for r in ph)]
+        cols = [p for p in (*PHASES, *SUB_PHASES) if any(_is_num(r.get(f"{p}_s")) for r in ph)]
         lines += ["", f"Steady step, s per phase (medians, {ph[0].get('kind', '')} runs; gen_actor and "
                   "driver_in_phases are parts, not added):", "",
                   "| system | step s | " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) + 1)]
