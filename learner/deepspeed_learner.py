@@ -34,13 +34,13 @@ counted (``skipped_samples/<reason>``).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib
 import logging
 import math
 import os
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
@@ -66,7 +66,7 @@ class LearnerError(RuntimeError):
     """A learner failure with a reason a user can act on."""
 
 
-@contextmanager
+@contextlib.contextmanager
 def _replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
     """``owner.name`` is ``value`` inside the block, and what it was again after it."""
     old = getattr(owner, name)
@@ -412,17 +412,16 @@ class DeepSpeedLearner:
         backend = self._backend()
         if backend == "nccl":
             torch.cuda.set_device(self.local_rank)
+        skip_shm_op = contextlib.nullcontext()
         if self.world_size == 1 and backend == "gloo":
             # One CPU rank: DeepSpeed's shared-memory all-reduce op serves ranks on one host and a lone rank never
             # all-reduces, but DeepSpeed's CPU backend JIT-loads it at every start: a ≈35 s build whenever its
             # cache (TORCH_EXTENSIONS_DIR, keyed by the venv path) is cold or was rebuilt by another checkout.
             ds_torch = importlib.import_module("deepspeed.comm.torch")  # the module, not torch (a name in the package)
-            with _replaced(ds_torch, "build_shm_op", lambda: None):
-                deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout,
-                                           rank=self.rank, world_size=self.world_size, verbose=False)
-            return
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout,
-                                   rank=self.rank, world_size=self.world_size, verbose=False)
+            skip_shm_op = _replaced(ds_torch, "build_shm_op", lambda: None)
+        with skip_shm_op:
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout,
+                                       rank=self.rank, world_size=self.world_size, verbose=False)
 
     def _from_pretrained(self, path: str) -> nn.Module:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText

@@ -650,3 +650,35 @@ def test_lora_two_ranks_match_one_rank(ray_local, tiny_dir, stage):
         assert set(pushed) == set(ref_w) and all(torch.allclose(pushed[k], ref_w[k], atol=1e-4) for k in ref_w)
     finally:
         group.shutdown()
+
+
+_ONE_RANK_INIT = """
+import importlib
+import sys
+import torch.distributed as dist
+from cluster.config import load_config
+from learner.deepspeed_learner import DeepSpeedLearner
+
+def build_shm_op():
+    raise SystemExit("DeepSpeed's shm op was built for a lone CPU rank")
+
+ds_torch = importlib.import_module("deepspeed.comm.torch")  # `import deepspeed.comm.torch as` gives torch itself
+ds_torch.build_shm_op = build_shm_op
+lrn = DeepSpeedLearner(load_config(None, []), 0, 1, "127.0.0.1", int(sys.argv[1]), model_path="unused")
+lrn._init_distributed()
+assert dist.is_initialized() and dist.get_world_size() == 1
+assert ds_torch.build_shm_op is build_shm_op, "the op builder was not put back"
+print("one rank up")
+"""
+
+
+def test_one_cpu_rank_starts_without_building_deepspeeds_shm_op():
+    """A lone gloo rank never all-reduces over shared memory: DeepSpeed's JIT build of that op (≈35 s on a cold
+    cache) is skipped, and the builder is restored afterwards. A fresh process: this one's group already exists."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    out = subprocess.run([sys.executable, "-c", _ONE_RANK_INIT, str(_free_port())], capture_output=True, text=True,
+                         timeout=600, env=env)
+    assert out.returncode == 0 and "one rank up" in out.stdout, out.stderr[-3000:]
